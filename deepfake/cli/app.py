@@ -1,0 +1,120 @@
+"""The ``deepfake`` command group, shared options and error handling.
+
+Every :class:`~deepfake.errors.DeepfakeError` becomes ``Error: <message>`` on one line of
+stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from deepfake import __version__
+from deepfake.errors import DeepfakeError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# CLI option name -> config key. The MLproject entry points mirror these (tests check it).
+OPTION_TO_CONFIG = {
+    "data": "data.path",
+    "weights": "model.weights",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "epochs": "train.epochs",
+    "fine_tune_epochs": "train.fine_tune_epochs",
+    "learning_rate": "train.learning_rate",
+    "fine_tune_learning_rate": "train.fine_tune_learning_rate",
+    "fine_tune_stages": "train.fine_tune_stages",
+    "seed": "train.seed",
+    "output_dir": "train.output_dir",
+    "tracking_uri": "tracking.tracking_uri",
+    "experiment": "tracking.experiment",
+}
+
+
+class DeepfakeGroup(click.Group):
+    """A click group that turns user errors into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeepfakeError as exc:
+            click.secho(f"Error: {exc}", err=True, fg="red")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("Interrupted; checkpoints and finished runs are kept (use --resume).", err=True)
+            sys.exit(130)
+
+
+def quiet_backend_logs() -> None:
+    """Hide TensorFlow's C++ start-up chatter (set before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@click.group(cls=DeepfakeGroup, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="deepfake")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """deepfake: train, tune, register and use a ResNet50 deepfake image detector.
+
+    \b
+    Quick start:
+      deepfake demo-data demo_data              # synthetic real/fake images
+      deepfake train --data demo_data --config experiments/configs/demo.yaml
+      mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+    Runs are tracked in MLflow (default sqlite:///mlflow.db in the working directory;
+    set MLFLOW_TRACKING_URI or --tracking-uri to use a server).
+    """
+    quiet_backend_logs()
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("deepfake").setLevel(min(level, logging.INFO))
+
+
+def training_options(func: Callable) -> Callable:
+    """Options shared by ``train`` and ``tune``: config files plus the common overrides."""
+    options = [
+        click.option("--data", "data", type=click.Path(), help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/."),
+        click.option("--config", "config_files", multiple=True, type=click.Path(),
+                     help="YAML config file(s) (e.g. experiments/configs/demo.yaml); later files win. Repeatable."),
+        click.option("--weights", help="Backbone init: auto (ImageNet, else random with a warning), imagenet, none, or a weights file path."),
+        click.option("--image-size", type=int, help="Square input size in pixels (>= 32)."),
+        click.option("--batch-size", type=int, help="Images per batch."),
+        click.option("--epochs", type=int, help="Phase-1 epochs (head on the frozen backbone)."),
+        click.option("--fine-tune-epochs", type=int, help="Phase-2 epochs (top backbone stages unfrozen)."),
+        click.option("--learning-rate", type=float, help="Phase-1 learning rate."),
+        click.option("--fine-tune-learning-rate", type=float, help="Phase-2 learning rate (lower)."),
+        click.option("--fine-tune-stages", type=int, help="ResNet50 stages to unfreeze in phase 2 (0-5)."),
+        click.option("--seed", type=int, help="Random seed for splits, shuffling, init and augmentation."),
+        click.option("--output-dir", type=click.Path(), help="Where checkpoints, figures and reports go."),
+        click.option("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+        click.option("--experiment", help="MLflow experiment name."),
+        click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
+                     help="Any config override, e.g. --set data.augment.blur_prob=0.1. Repeatable."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def config_from_options(config_files=(), set_args=(), **options: Any):
+    """Resolve defaults <- YAML files <- named options <- ``--set`` overrides."""
+    from deepfake import config as C
+
+    overrides: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or name not in OPTION_TO_CONFIG:
+            continue
+        overrides = C.merge(overrides, C.nest({OPTION_TO_CONFIG[name]: value}))
+    return C.resolve(config_files, overrides, set_args)
+
+
+def require(value: Any, option: str, hint: str) -> Any:
+    if value in (None, ""):
+        raise DeepfakeError(f"{option} is required: {hint}")
+    return value

@@ -1,0 +1,293 @@
+"""Configuration: plain dataclasses, YAML files and ``section.key=value`` overrides.
+
+Resolution order (later wins): dataclass defaults, then each YAML file in turn, then
+command-line overrides. The resolved configuration is saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from deepfake.errors import DeepfakeError
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (applied to the training split only)."""
+
+    flip: bool = True  # random horizontal flips
+    blur_prob: float = 0.0  # probability of a Gaussian blur (CNNDetection-style)
+    blur_sigma_max: float = 3.0  # blur sigma drawn uniformly from [0, blur_sigma_max]
+    jpeg_prob: float = 0.0  # probability of JPEG re-compression
+    jpeg_quality_min: int = 30  # JPEG quality drawn uniformly from [min, 100]
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # dataset root: split (train/val/test) or unsplit (class folders)
+    class_names: list[str] = field(default_factory=lambda: ["real", "fake"])  # index = label
+    val_fraction: float = 0.15  # for unsplit datasets
+    test_fraction: float = 0.15  # for unsplit datasets
+    image_size: int = 224  # square side the images are resized to
+    batch_size: int = 32
+    num_parallel_calls: int = -1  # tf.data parallelism; -1 = AUTOTUNE
+    cache: str = "auto"  # decoded-image cache: auto | memory | disk | none
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    class_weights: bool = True  # weight the loss by inverse class frequency
+    leakage_check: bool = True  # find exact/near-duplicate images across splits before training
+    near_duplicate_distance: int = 4  # perceptual-hash Hamming distance counted as a near duplicate
+    dedupe: bool = False  # remove duplicates from the later split (val/test)
+
+
+@dataclass
+class ModelConfig:
+    weights: str = "auto"  # auto | imagenet | none | path to a weights file
+    pooling: str = "avg"  # avg | max
+    head_units: list[int] = field(default_factory=lambda: [256])  # hidden dense layers
+    dropout: float = 0.3
+    representation: str = "rgb"  # rgb | npr (neighbouring-pixel residual)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5  # phase 1: head on the frozen backbone
+    learning_rate: float = 1e-3
+    fine_tune_epochs: int = 5  # phase 2: top of the backbone unfrozen
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_stages: int = 1  # ResNet50 stages unfrozen in phase 2 (0-5; 1 = conv5 only)
+    patience: int = 3  # EarlyStopping patience (epochs), monitored on val_auc
+    monitor: str = "val_auc"
+    seed: int = 42
+    output_dir: str = "outputs"  # checkpoints, figures and reports go below here
+    feature_cache: bool = True  # phase 1 trains the head from cached backbone features
+    feature_cache_dir: str = ".cache/features"
+    mixed_precision: str = "auto"  # auto | off | bfloat16 | float16
+    jit_compile: str = "auto"  # auto | on | off
+    calibrate: bool = True  # fit a temperature on validation; stored with the model, applied by inference
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "deepfake"
+    run_name: str | None = None
+    registered_model: str = "deepfake-detector"
+    log_model: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"data.image_size": 224, "data.augment.flip": True, ...}`` for MLflow params."""
+        return flatten(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.epochs": 3}`` -> ``{"train": {"epochs": 3}}`` (the inverse of :func:`flatten`)."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    """Convert a YAML/CLI value to the dataclass field's type, or raise DeepfakeError."""
+    origin = get_origin(typ)
+    args = get_args(typ)
+    if origin is not None and type(None) in args:  # Optional[X] / X | None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is list:
+        (item_type,) = args
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, item_type, name) for v in value if v != ""]
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            if isinstance(value, bool):  # YAML reads on/off/yes/no as booleans
+                return "on" if value else "off"
+            return str(value)
+    except (TypeError, ValueError):
+        raise DeepfakeError(
+            f"config option '{name}' expects {getattr(typ, '__name__', typ)}, got {value!r}"
+        ) from None
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise DeepfakeError(
+                f"unknown config option '{name}'; known options in this section: "
+                + ", ".join(sorted(f"{prefix}{k}" for k in known))
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise DeepfakeError(f"config option '{name}' is a section; give it a mapping")
+            _apply(current, value, name + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], name))
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DeepfakeError(f"config file {path} does not exist; pass a YAML file such as experiments/configs/demo.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise DeepfakeError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    if not isinstance(data, dict):
+        raise DeepfakeError(f"config file {path} must hold a mapping of sections (data, model, train, tracking)")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise DeepfakeError(f"override '{text}' must look like section.key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    return nest({key.strip(): yaml.safe_load(raw) if raw.strip() else ""})
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, values)
+    validate(cfg)
+    return cfg
+
+
+def resolve(
+    config_files: list[str | os.PathLike] | tuple = (),
+    overrides: dict[str, Any] | None = None,
+    set_args: list[str] | tuple = (),
+) -> Config:
+    """Defaults <- YAML files <- ``overrides`` (nested dict) <- ``--set`` strings."""
+    values: dict[str, Any] = {}
+    for path in config_files:
+        values = merge(values, load_yaml(path))
+    if overrides:
+        values = merge(values, overrides)
+    for text in set_args:
+        values = merge(values, parse_override(text))
+    return from_dict(values)
+
+
+def validate(cfg: Config) -> None:
+    def bad(option: str, why: str) -> None:
+        raise DeepfakeError(f"config option '{option}' {why}")
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if len(d.class_names) != 2 or len(set(d.class_names)) != 2:
+        bad("data.class_names", "must name two different class folders, e.g. real,fake")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1 or d.val_fraction + d.test_fraction >= 1:
+        bad("data.val_fraction/test_fraction", "must be in [0, 1) and sum to less than 1")
+    if d.image_size < 32:
+        bad("data.image_size", f"must be at least 32 pixels (ResNet50 downsamples 32x), got {d.image_size}")
+    if d.batch_size < 1:
+        bad("data.batch_size", "must be at least 1")
+    if d.cache not in ("auto", "memory", "disk", "none"):
+        bad("data.cache", "must be one of auto, memory, disk, none")
+    a = d.augment
+    for name in ("blur_prob", "jpeg_prob"):
+        if not 0 <= getattr(a, name) <= 1:
+            bad(f"data.augment.{name}", "must be a probability in [0, 1]")
+    if not 1 <= a.jpeg_quality_min <= 100:
+        bad("data.augment.jpeg_quality_min", "must be in [1, 100]")
+    if m.pooling not in ("avg", "max"):
+        bad("model.pooling", "must be avg or max")
+    if not 0 <= m.dropout < 1:
+        bad("model.dropout", "must be in [0, 1)")
+    if any(u < 1 for u in m.head_units):
+        bad("model.head_units", "must be positive layer widths, e.g. 256 or 512,128")
+    if m.representation not in ("rgb", "npr"):
+        bad("model.representation", "must be rgb or npr")
+    if t.epochs < 0 or t.fine_tune_epochs < 0:
+        bad("train.epochs/fine_tune_epochs", "must be zero or more")
+    if t.epochs + t.fine_tune_epochs < 1:
+        bad("train.epochs", "and train.fine_tune_epochs cannot both be 0")
+    if not 0 <= t.fine_tune_stages <= 5:
+        bad("train.fine_tune_stages", "must be between 0 and 5 (ResNet50 has 5 stages)")
+    if t.learning_rate <= 0 or t.fine_tune_learning_rate <= 0:
+        bad("train.learning_rate", "must be positive")
+    if t.mixed_precision not in ("auto", "off", "bfloat16", "float16"):
+        bad("train.mixed_precision", "must be one of auto, off, bfloat16, float16")
+    if t.jit_compile not in ("auto", "on", "off"):
+        bad("train.jit_compile", "must be one of auto, on, off")
+
+
+def default_tracking_uri(cfg_uri: str | None = None) -> str:
+    return cfg_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"

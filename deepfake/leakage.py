@@ -1,0 +1,90 @@
+"""Leakage check: the same (or nearly the same) image in two splits inflates test metrics.
+
+Exact duplicates are found by content hash (SHA-256 of the file), near duplicates by
+perceptual hash (``imagehash.phash``, Hamming distance at most ``max_distance``).
+With ``data.dedupe`` the copy in the later split is removed (train < val < test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepfake.data import SPLITS, DatasetInfo, Split
+
+ORDER = {name: i for i, name in enumerate(SPLITS)}
+
+
+@dataclass
+class Leak:
+    kind: str  # "exact" or "near"
+    kept_split: str
+    kept_path: str
+    dup_split: str
+    dup_path: str
+    distance: int
+
+
+def _hashes(path: str) -> tuple[str, "object"]:
+    import imagehash
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    with Image.open(path) as img:
+        return hashlib.sha256(raw).hexdigest(), imagehash.phash(img.convert("RGB"))
+
+
+def find_leaks(info: DatasetInfo, max_distance: int = 4) -> list[Leak]:
+    """Pairs of images in *different* splits that are exact or near duplicates."""
+    items = [(split, path) for split in SPLITS for path in info.splits[split].paths]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        hashes = list(pool.map(lambda item: _hashes(item[1]), items))
+    leaks: list[Leak] = []
+    seen_exact: dict[str, tuple[str, str]] = {}
+    for (split, path), (digest, _) in zip(items, hashes):
+        if digest in seen_exact and seen_exact[digest][0] != split:
+            first = seen_exact[digest]
+            leaks.append(Leak("exact", first[0], first[1], split, path, 0))
+        seen_exact.setdefault(digest, (split, path))
+    exact_dups = {l.dup_path for l in leaks}
+    if max_distance >= 0 and items:
+        bits = np.array([h.hash.flatten() for _, h in hashes], dtype=bool)  # (N, 64)
+        split_idx = np.array([ORDER[s] for s, _ in items])
+        for i in range(len(items)):
+            later = np.nonzero(split_idx > split_idx[i])[0]
+            if later.size == 0:
+                continue
+            dist = (bits[later] != bits[i]).sum(axis=1)
+            for j, d in zip(later[dist <= max_distance], dist[dist <= max_distance]):
+                if items[j][1] in exact_dups or hashes[i][0] == hashes[j][0]:
+                    continue
+                leaks.append(Leak("near", items[i][0], items[i][1], items[j][0], items[j][1], int(d)))
+    return leaks
+
+
+def dedupe(info: DatasetInfo, leaks: list[Leak]) -> DatasetInfo:
+    """Remove each leak's copy from the later split (the earlier split keeps its image)."""
+    drop = {l.dup_path for l in leaks}
+    for name in SPLITS:
+        split = info.splits[name]
+        kept = [(p, l) for p, l in zip(split.paths, split.labels) if p not in drop]
+        info.splits[name] = Split([p for p, _ in kept], [l for _, l in kept])
+    if drop:
+        info.notes.append(f"dedupe: removed {len(drop)} duplicate image(s) from later splits")
+    return info
+
+
+def report(leaks: list[Leak], limit: int = 20) -> str:
+    if not leaks:
+        return "Leakage check: no exact or near-duplicate images across splits."
+    exact = sum(l.kind == "exact" for l in leaks)
+    lines = [f"Leakage check: {len(leaks)} duplicate pair(s) across splits ({exact} exact, {len(leaks) - exact} near)"]
+    for l in leaks[:limit]:
+        lines.append(f"  {l.kind:<5} d={l.distance:<2} {l.kept_split}:{l.kept_path} ~ {l.dup_split}:{l.dup_path}")
+    if len(leaks) > limit:
+        lines.append(f"  ... and {len(leaks) - limit} more (see dataset/leakage.json)")
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""One tracked training run: data -> model -> two-phase training -> evaluation -> MLflow.
+
+Used by ``deepfake train`` and by every Optuna trial (which adds a pruning callback and
+runs nested under its study's run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from deepfake import data as D
+from deepfake import metrics as MET
+from deepfake import model as M
+from deepfake import plots
+from deepfake import tracking
+from deepfake import training
+from deepfake.config import Config
+from deepfake.features import FeatureCache
+from deepfake.inference import ModelMeta, save_detector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    model_dir: Path
+    model_uri: str | None
+    threshold: float
+    test_metrics: dict[str, float]
+    val_metrics: dict[str, float]
+    history: dict[str, list[float]]
+    out_dir: Path
+    dataset: Any = None
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare_dataset(cfg: Config, echo=print, progress: bool = True) -> D.DatasetInfo:
+    """Scan and check the dataset, then look for duplicates across splits (and drop them with dedupe)."""
+    from deepfake import leakage
+
+    info = D.scan_dataset(cfg.data, seed=cfg.train.seed, progress=progress)
+    if cfg.data.leakage_check:
+        leaks = leakage.find_leaks(info, cfg.data.near_duplicate_distance)
+        if cfg.data.dedupe and leaks:
+            info = leakage.dedupe(info, leaks)
+        info.leaks = leaks
+        echo(leakage.report(leaks) + ("  (removed from the later split: data.dedupe)" if cfg.data.dedupe and leaks else
+                                      "  (use --set data.dedupe=true to remove them)" if leaks else ""))
+    echo(info.report())
+    return info
+
+
+def predict_split(model, split, cfg: Config, temperature: float = 1.0):
+    """Calibrated fake probabilities of one split, in file order."""
+    from deepfake.inference import apply_temperature
+
+    ds = D.make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
+    return apply_temperature(training.predict_probabilities(model, ds), temperature)
+
+
+def evaluate_split(model, split, cfg: Config, out_dir: Path, threshold: float, prefix: str,
+                   temperature: float = 1.0) -> dict[str, Any]:
+    """Predict one split and write its metrics, confusion matrix, report and curves."""
+    probs = predict_split(model, split, cfg, temperature)
+    return MET.evaluate_predictions(
+        split.labels, probs, out_dir, class_names=cfg.data.class_names, threshold=threshold, prefix=prefix
+    ) | {"probs": probs}
+
+
+def run(
+    cfg: Config,
+    *,
+    dataset: D.DatasetInfo | None = None,
+    resume: bool = False,
+    callbacks: Sequence = (),
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    verbose: int = 2,
+    echo=print,
+) -> RunResult:
+    """Train and evaluate one model as one MLflow run (resumed when ``resume`` finds a checkpoint)."""
+    started = time.time()
+    info = dataset or prepare_dataset(cfg, echo, progress=verbose > 0)
+    out_dir = Path(cfg.train.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    eval_dir = out_dir / "evaluation"
+    previous = training.read_state(ckpt_dir) if resume else None
+    run_id = (previous or {}).get("mlflow_run_id")
+
+    with tracking.start_run(run_name or cfg.tracking.run_name, run_id=run_id, parent_run_id=parent_run_id,
+                            tags=tags) as mlrun:
+        run_id = mlrun.info.run_id
+        if previous is None:
+            tracking.log_config(cfg)
+            tracking.log_dataset(info)
+            cfg.save(out_dir / "config.yaml")
+        else:
+            tracking.set_tags({"resumed": "true"})
+        train_ds = D.make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
+        val_ds = D.make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
+        class_weight = info.class_weights() if cfg.data.class_weights else None
+
+        result = training.train(
+            cfg,
+            train_ds,
+            val_ds,
+            ckpt_dir,
+            class_weight=class_weight,
+            callbacks=[tracking.EpochLogger(), *callbacks],
+            resume=resume,
+            state_extra={"mlflow_run_id": run_id},
+            features=FeatureCache(cfg).provider(info) if cfg.train.feature_cache else None,
+            on_model_built=tracking.log_weights_info,
+            verbose=verbose,
+        )
+        tracking.set_tags({f"runtime.{k}": v for k, v in result.runtime.items()})
+        model = M.as_float32(result.model, cfg)  # evaluate, save and serve in float32
+
+        # Temperature and threshold on validation; then the test split at that threshold and at 0.5.
+        from deepfake.evaluation import fit_temperature
+        from deepfake.inference import apply_temperature
+
+        raw_val = training.predict_probabilities(model, val_ds)
+        temperature = fit_temperature(info.splits["val"].labels, raw_val) if cfg.train.calibrate else 1.0
+        val_ds_probs = apply_temperature(raw_val, temperature)
+        threshold = MET.choose_threshold(info.splits["val"].labels, val_ds_probs, method="youden")
+        val_eval = MET.evaluate_predictions(
+            info.splits["val"].labels, val_ds_probs, eval_dir, class_names=cfg.data.class_names,
+            threshold=threshold, prefix="val",
+        )
+        test_eval = evaluate_split(model, info.splits["test"], cfg, eval_dir, threshold, "test", temperature)
+        history_png = plots.plot_history(result.history, eval_dir / "training_curves.png", result.phase_boundary)
+
+        weights_source = (result.weights_info.source if result.weights_info
+                          else (previous or {}).get("weights_source", "unknown"))
+        meta = ModelMeta(threshold=threshold, class_names=list(cfg.data.class_names),
+                         image_size=cfg.data.image_size, weights_source=weights_source, temperature=temperature)
+        model_dir = save_detector(model, meta, out_dir / "model")
+
+        tracking.log_metrics({"threshold": threshold, "temperature": temperature})
+        tracking.log_metrics(val_eval["metrics"], prefix="val_final_")
+        tracking.log_metrics(test_eval["metrics"], prefix="test_")
+        tracking.log_metrics(test_eval["metrics_at_0.5"], prefix="test_at_0.5_")
+        tracking.log_artifacts([eval_dir], "evaluation")
+        tracking.log_artifacts([history_png], "evaluation")
+        model_uri = tracking.log_model(model_dir) if cfg.tracking.log_model else None
+
+        echo(MET.format_metrics_table(test_eval["metrics"], title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+        echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
+        return RunResult(
+            run_id=run_id,
+            model_dir=model_dir,
+            model_uri=model_uri,
+            threshold=threshold,
+            test_metrics=test_eval["metrics"],
+            val_metrics=val_eval["metrics"],
+            history=result.history,
+            out_dir=out_dir,
+            dataset=info,
+            files=test_eval["files"],
+            seconds=time.time() - started,
+        )
+
+
+def evaluate_model(
+    model_ref: str,
+    info: D.DatasetInfo,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    prefix: str | None = None,
+    echo=print,
+) -> dict[str, Any]:
+    """Evaluate a saved detector (folder, file or MLflow URI) on one split of any dataset."""
+    from deepfake.inference import load_predictor, predict_split
+
+    predictor = load_predictor(model_ref)
+    probs = predict_split(predictor, info.splits[split])
+    result = MET.evaluate_predictions(
+        info.splits[split].labels, probs, out_dir, class_names=info.class_names,
+        threshold=predictor.meta.threshold, prefix=prefix or split,
+    )
+    echo(MET.format_metrics_table(result["metrics"], title=f"{model_ref} on {info.root} [{split}]"))
+    return result | {"probs": probs, "predictor": predictor}
+
+
+def register_and_promote(
+    model_uri: str,
+    cfg: Config,
+    info: D.DatasetInfo,
+    *,
+    version_tags: dict[str, Any] | None = None,
+    out_dir: str | Path = "outputs/registry",
+    force: bool = False,
+    echo=print,
+) -> dict[str, Any]:
+    """Register ``model_uri`` and move the ``champion`` alias to it if it beats the champion.
+
+    Both models are evaluated on the same test split; the comparison is printed and recorded
+    as tags on the new version (and returned, for the caller to log on its run).
+    """
+    name = cfg.tracking.registered_model
+    version = tracking.register_model(model_uri, name, tags=version_tags)
+    return promote(name, version, info, out_dir=out_dir, force=force, echo=echo)
+
+
+def promote(name: str, version: str, info: D.DatasetInfo, *, out_dir: str | Path = "outputs/registry",
+            force: bool = False, echo=print) -> dict[str, Any]:
+    """Compare ``version`` with the current champion on ``info``'s test split; promote if better."""
+    out_dir = Path(out_dir)
+    current = tracking.alias_version(name)
+    challenger = evaluate_model(tracking.version_uri(name, version), info, out_dir / f"v{version}", echo=lambda s: None)
+    new_auc = challenger["metrics"]["roc_auc"]
+    record: dict[str, Any] = {"name": name, "version": version, "challenger_test_roc_auc": new_auc,
+                              "champion_version": current, "test_data": info.root}
+    if current is None or current == version:
+        promoted, reason = True, "no champion yet" if current is None else "already champion"
+    else:
+        champion = evaluate_model(tracking.version_uri(name, current), info, out_dir / f"v{current}", echo=lambda s: None)
+        old_auc = champion["metrics"]["roc_auc"]
+        record["champion_test_roc_auc"] = old_auc
+        promoted = force or new_auc > old_auc
+        reason = (f"forced" if force and not new_auc > old_auc else
+                  f"test ROC-AUC {new_auc:.4f} {'>' if new_auc > old_auc else '<='} champion v{current} {old_auc:.4f}")
+    if promoted:
+        tracking.set_alias(name, version)
+    record.update(promoted=promoted, reason=reason)
+    tracking.set_version_tags(name, version, {f"comparison.{k}": v for k, v in record.items() if k != "name"})
+    verdict = "promoted to @champion" if promoted else "not promoted; champion stays"
+    echo(f"{name} v{version}: {verdict} ({reason})")
+    return record

@@ -1,0 +1,404 @@
+"""Everything that talks to MLflow lives here: runs, params, metrics, artifacts, models, registry.
+
+Default tracking is embedded: ``sqlite:///mlflow.db`` in the working directory. Point
+``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) at a PostgreSQL database or an
+``mlflow server`` to share runs between machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import keras
+import mlflow
+import mlflow.models
+import mlflow.pyfunc
+
+from deepfake.config import Config, TrackingConfig, default_tracking_uri
+from deepfake.errors import DeepfakeError, first_line
+
+log = logging.getLogger(__name__)
+
+PACKAGES = (
+    "deepfake", "tensorflow", "tensorflow-cpu", "keras", "mlflow", "optuna", "optuna-integration",
+    "scikit-learn", "numpy", "pillow", "matplotlib", "click", "pandas",
+)
+MODEL_NAME_IN_RUN = "model"
+WEIGHTS_WARNING_TAG = "warning.weights"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+_project_run: dict[str, str | None] = {"id": None}
+
+
+def claim_project_run() -> str | None:
+    """The run that ``mlflow run`` created for this process, once (then None).
+
+    Under ``mlflow run`` the first run we open (a training run, or a study's parent run) *is*
+    the project's run, so what ``mlflow run`` reports and what we log are one run.
+    """
+    run_id, _project_run["id"] = _project_run["id"], None
+    return run_id
+
+
+def setup(tracking: TrackingConfig) -> str:
+    """Point MLflow at the tracking URI and experiment; fail fast with a one-line error.
+
+    Launched by ``mlflow run``, the project's run and experiment are adopted instead.
+    """
+    project_run = os.environ.pop("MLFLOW_RUN_ID", None)  # else every start_run() would resume it
+    uri = default_tracking_uri(tracking.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    mlflow.set_tracking_uri(uri)
+    try:
+        if project_run:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+            mlflow.set_experiment(experiment_id=mlflow.get_run(project_run).info.experiment_id)
+            _project_run["id"] = project_run
+        else:
+            mlflow.set_experiment(tracking.experiment)
+    except Exception as exc:
+        first = first_line(exc)
+        raise DeepfakeError(
+            f"--tracking-uri {uri}: cannot reach the MLflow tracking store ({first}); "
+            "check the URL, that the server or database is running, or unset MLFLOW_TRACKING_URI"
+        ) from None
+    return uri
+
+
+@contextlib.contextmanager
+def start_run(
+    run_name: str | None = None,
+    *,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """An MLflow run (resumed when ``run_id`` is given, nested under ``parent_run_id``).
+
+    On an exception the run ends FAILED (KILLED for Ctrl-C) with a ``state`` tag; an exception
+    may carry ``run_state`` (e.g. "PRUNED") to say what happened instead.
+    """
+    if run_id is None and parent_run_id is None:
+        run_id = claim_project_run()
+    run = mlflow.start_run(run_id=run_id, run_name=run_name if run_id is None else None,
+                           parent_run_id=parent_run_id, tags=tags)
+    status = "FINISHED"
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status = "KILLED"
+        mlflow.set_tag("state", "KILLED")
+        raise
+    except BaseException as exc:
+        state = getattr(exc, "run_state", "FAILED")
+        status = "KILLED" if state == "PRUNED" else "FAILED"
+        mlflow.set_tag("state", state)
+        if state == "FAILED":
+            mlflow.set_tag("error", f"{type(exc).__name__}: {str(exc)[:500]}")
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+def create_run(run_name: str, tags: dict[str, str] | None = None) -> str:
+    """Create a run without making it active (e.g. a study's parent run); return its id."""
+    project_run = claim_project_run()
+    if project_run:
+        set_run_tags(project_run, tags or {})
+        return project_run
+    run = mlflow.start_run(run_name=run_name, tags=tags)
+    mlflow.end_run(status="FINISHED")
+    return run.info.run_id
+
+
+def delete_run(run_id: str) -> None:
+    mlflow.MlflowClient().delete_run(run_id)
+
+
+def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_table_csv(frame, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def log_config(cfg: Config, out_dir: str | Path | None = None) -> None:
+    """Resolved config as params (flattened keys) and as ``config.yaml``; package versions as tags."""
+    params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.flat().items()}
+    params = {k: v for k, v in params.items() if not k.startswith("tracking.")}
+    mlflow.log_params(params)
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+    versions = package_versions()
+    mlflow.set_tags({f"version.{k}": v for k, v in versions.items()})
+    mlflow.log_dict(versions, "environment/versions.json")
+
+
+def log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params({k: v for k, v in params.items()})
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_weights_info(info) -> None:
+    """Record where the backbone weights came from; the random-init fallback gets a loud tag."""
+    if info is None:
+        return
+    tags = {"weights.requested": info.requested, "weights.source": info.source}
+    if info.warning:
+        tags[WEIGHTS_WARNING_TAG] = info.warning
+        mlflow.log_text(info.warning + "\n", "WARNING_random_init_weights.txt")
+    set_tags(tags)
+
+
+def log_dataset(info) -> None:
+    """Dataset summary (counts per split and class, skipped files) as JSON, text and params."""
+    summary = info.summary()
+    mlflow.log_dict(summary, "dataset/summary.json")
+    mlflow.log_text(info.report(), "dataset/report.txt")
+    if info.leaks:
+        mlflow.log_dict({"duplicates_across_splits": [vars(l) for l in info.leaks]}, "dataset/leakage.json")
+    mlflow.log_params({"dataset.root": str(info.root), "dataset.layout": info.layout})
+    metrics = {"dataset.n_skipped": len(info.skipped)}
+    for split_name, split in info.splits.items():
+        for class_name, n in split.counts(info.class_names).items():
+            metrics[f"dataset.{split_name}.{class_name}"] = n
+    mlflow.log_metrics(metrics)
+
+
+def log_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None = None) -> None:
+    clean = {}
+    for key, value in metrics.items():
+        try:
+            clean[f"{prefix}{key}"] = float(value)
+        except (TypeError, ValueError):
+            continue
+    mlflow.log_metrics(clean, step=step)
+
+
+def log_artifacts(paths, artifact_path: str | None = None) -> None:
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        elif path.is_file():
+            mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(data: dict, artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Keras callback: every epoch's logs as MLflow metrics, step = global epoch index."""
+
+    def __init__(self, phase: str | None = None):
+        super().__init__()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs:
+            log_metrics(logs, step=epoch)
+            lr = getattr(self.model.optimizer, "learning_rate", None)
+            if lr is not None:
+                log_metrics({"learning_rate": float(keras.ops.convert_to_numpy(lr))}, step=epoch)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class DeepfakePyfunc(mlflow.pyfunc.PythonModel):
+    """The registered detector as an MLflow pyfunc.
+
+    Input: a DataFrame with an ``image`` column of file paths, raw encoded bytes or base64
+    strings (any mix). Output: ``fake_probability``, ``label`` (at the threshold stored with
+    the model) and ``error`` (empty when the row was answered). Decoding and resizing are the
+    training pipeline's own (:func:`deepfake.data.decode_image`).
+    """
+
+    def load_context(self, context) -> None:
+        from deepfake.inference import Predictor
+
+        self.predictor = Predictor.from_files(context.artifacts["keras_model"], context.artifacts["meta"])
+
+    def predict(self, context, model_input, params=None):
+        return self.predictor.predict_frame(model_input)
+
+
+def log_model(model_dir: str | Path, input_example=None, registered_model_name: str | None = None):
+    """Log the detector (``model.keras`` + ``model.meta.json`` in ``model_dir``) as an MLflow pyfunc.
+
+    Returns the model URI (``runs:/<run_id>/model``).
+    """
+    from deepfake import inference
+
+    model_dir = Path(model_dir)
+    artifacts = {
+        "keras_model": str(model_dir / inference.KERAS_FILE),
+        "meta": str(model_dir / inference.META_FILE),
+    }
+    example, output = inference.example_frames(inference.ModelMeta.load(model_dir / inference.META_FILE))
+    signature = mlflow.models.infer_signature(example, output)
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME_IN_RUN,
+        python_model=DeepfakePyfunc(),
+        code_paths=[str(Path(inference.__file__).parent)],
+        artifacts=artifacts,
+        signature=signature,
+        input_example=input_example if input_example is not None else example,
+        pip_requirements=inference.pip_requirements(),
+        registered_model_name=registered_model_name,
+    )
+    return info.model_uri
+
+
+def run_model_uri(run_id: str) -> str:
+    return f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
+
+
+def load_pyfunc(uri: str):
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as exc:
+        first = first_line(exc)
+        raise DeepfakeError(f"--model {uri}: cannot load this MLflow model ({first})") from None
+
+
+def download_model_dir(uri: str) -> Path:
+    """Download a logged detector's ``model.keras`` and ``model.meta.json``; return their folder."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="deepfake-model-")))
+    except Exception as exc:
+        first = first_line(exc)
+        raise DeepfakeError(
+            f"--model {uri}: cannot download this model ({first}); check the URI, the tracking URI "
+            "and that the model is registered (deepfake register)"
+        ) from None
+    artifacts = local / "artifacts"
+    return artifacts if artifacts.is_dir() else local
+
+
+def run_info(run_id: str) -> dict[str, Any]:
+    try:
+        run = mlflow.get_run(run_id)
+    except Exception:
+        raise DeepfakeError(f"--run {run_id}: no such MLflow run at {mlflow.get_tracking_uri()}") from None
+    return {"run_id": run_id, "params": run.data.params, "metrics": run.data.metrics, "tags": run.data.tags,
+            "status": run.info.status, "artifact_uri": run.info.artifact_uri}
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def active_tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def is_model_uri(ref: str) -> bool:
+    """``models:/…``, ``runs:/…`` and other URI schemes MLflow resolves (not plain paths)."""
+    return ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "dbfs:/"))
+
+
+def register_model(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> str:
+    """Register ``model_uri`` as a new version of ``name``; return the version number."""
+    try:
+        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    except Exception as exc:
+        first = first_line(exc)
+        raise DeepfakeError(f"could not register {model_uri} as '{name}': {first}") from None
+    return str(mv.version)
+
+
+CHAMPION_ALIAS = "champion"
+
+
+def alias_version(name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+    """The version of registered model ``name`` that ``alias`` points to, or None."""
+    client = mlflow.MlflowClient()
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def version_info(name: str, version: str) -> dict[str, Any]:
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException:
+        raise DeepfakeError(f"--version {version}: model '{name}' has no such version") from None
+    return {"version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags),
+            "aliases": list(mv.aliases)}
+
+
+def version_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
+
+
+def download_run_artifacts(run_id: str, path: str = "") -> Path:
+    """Download a run's artifacts (or those under ``path``) to a temporary folder."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path or None,
+                                                        dst_path=tempfile.mkdtemp(prefix="deepfake-run-")))
+    except Exception as exc:
+        first = first_line(exc)
+        raise DeepfakeError(f"--run {run_id}: cannot read this run's artifacts ({first})") from None
+
+
+def log_artifact_to_run(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Add a file to a run without reopening it (its status stays as it was)."""
+    mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny generated datasets (no test needs real data or the network)."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_split_dataset(tmp_path_factory):
+    """A split dataset (train/val/test x real/fake) of 32 px JPEGs, 12 images per class."""
+    from deepfake.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("tiny_split")
+    make_demo_dataset(root, per_class=12, size=32, seed=7)
+    return root
+
+
+@pytest.fixture()
+def tiny_unsplit_dataset(tmp_path):
+    """An unsplit dataset (real/, fake/) of 32 px images, 20 per class."""
+    import shutil
+
+    from deepfake.demo import make_demo_dataset
+
+    src = tmp_path / "src"
+    make_demo_dataset(src, per_class=20, size=32, seed=8)
+    root = tmp_path / "unsplit"
+    for cls in ("real", "fake"):
+        (root / cls).mkdir(parents=True)
+        for f in src.glob(f"*/{cls}/*.jpg"):
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """Training may switch Keras to mixed precision; every test starts from float32."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")

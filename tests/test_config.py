@@ -1,0 +1,89 @@
+"""Configuration: defaults <- YAML <- named options <- --set, with clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from deepfake import config as C
+from deepfake.errors import DeepfakeError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid():
+    cfg = C.resolve()
+    assert cfg.data.class_names == ["real", "fake"]
+    assert cfg.model.weights == "auto"
+    assert cfg.train.epochs >= 1
+
+
+def test_yaml_then_overrides_then_set(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("data:\n  image_size: 96\n  batch_size: 8\ntrain:\n  epochs: 2\n")
+    cfg = C.resolve([y], overrides={"train": {"epochs": 7}}, set_args=["data.batch_size=4", "model.head_units=[64,32]"])
+    assert cfg.data.image_size == 96  # from YAML
+    assert cfg.train.epochs == 7  # named override beats YAML
+    assert cfg.data.batch_size == 4  # --set beats both
+    assert cfg.model.head_units == [64, 32]
+
+
+def test_nested_set_and_bool_coercion():
+    cfg = C.resolve(set_args=["data.augment.flip=false", "data.augment.jpeg_prob=0.2"])
+    assert cfg.data.augment.flip is False
+    assert cfg.data.augment.jpeg_prob == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "arg, fragment",
+    [
+        ("train.epoch=3", "unknown config option 'train.epoch'"),
+        ("data.image_size=abc", "data.image_size"),
+        ("data.image_size=16", "at least 32"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("train.fine_tune_stages=9", "fine_tune_stages"),
+        ("data.class_names=[real,real]", "class_names"),
+        ("nonsense", "section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_option(arg, fragment):
+    with pytest.raises(DeepfakeError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        C.resolve(set_args=[arg])
+
+
+def test_missing_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(DeepfakeError, match="does not exist"):
+        C.resolve([tmp_path / "nope.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(DeepfakeError, match="not valid YAML"):
+        C.resolve([bad])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = C.resolve(set_args=["train.epochs=3", "model.head_units=[8]"])
+    path = cfg.save(tmp_path / "config.yaml")
+    again = C.resolve([path])
+    assert again == cfg
+    flat = cfg.flat()
+    assert flat["train.epochs"] == 3 and flat["data.augment.flip"] is True
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(path):
+    C.resolve([path])
+
+
+def test_default_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert C.default_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert C.default_tracking_uri() == "http://example:5000"
+    assert C.default_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_on_off_strings_survive_yaml(tmp_path):
+    cfg = C.resolve(set_args=["train.jit_compile=off", "train.mixed_precision=off"])
+    assert cfg.train.jit_compile == "off" and cfg.train.mixed_precision == "off"
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  jit_compile: on\n")
+    assert C.resolve([y]).train.jit_compile == "on"

@@ -1,0 +1,270 @@
+"""Dataset layouts, bad input, unreadable files, decoding of every format, tf.data pipeline."""
+
+import io
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake import config as C
+from deepfake import data as D
+from deepfake.errors import DeepfakeError
+
+
+def dcfg(path, *sets):
+    return C.resolve(set_args=[f"data.path={path}", "data.image_size=32", "data.batch_size=4", *sets]).data
+
+
+def write_image(path, mode="RGB", size=(20, 16), fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    if mode == "L":
+        img = img.convert("L")
+    elif mode == "RGBA":
+        img = img.convert("RGBA")
+    elif mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+    img.save(path, format=fmt)
+    return path
+
+
+def png_bomb(path, width=50000, height=50000):
+    """A tiny PNG whose header declares width x height pixels (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(body)
+    return path
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_split_layout(tiny_split_dataset):
+    info = D.scan_dataset(dcfg(tiny_split_dataset))
+    assert info.layout == "split"
+    assert {k: len(v) for k, v in info.splits.items()} == {"train": 16, "val": 4, "test": 4}
+    assert info.splits["train"].counts(["real", "fake"]) == {"real": 8, "fake": 8}
+    assert info.skipped == []
+    assert all(p.endswith(".jpg") for p in info.splits["test"].paths)
+
+
+def test_unsplit_layout_is_stratified_and_seeded(tiny_unsplit_dataset):
+    cfg = dcfg(tiny_unsplit_dataset, "data.val_fraction=0.2", "data.test_fraction=0.2")
+    a = D.scan_dataset(cfg, seed=1)
+    b = D.scan_dataset(cfg, seed=1)
+    c = D.scan_dataset(cfg, seed=2)
+    assert a.layout == "unsplit"
+    assert a.splits["test"].paths == b.splits["test"].paths
+    assert a.splits["test"].paths != c.splits["test"].paths
+    assert {k: len(v) for k, v in a.splits.items()} == {"train": 24, "val": 8, "test": 8}
+    for split in a.splits.values():
+        assert split.counts(["real", "fake"])["real"] == split.counts(["real", "fake"])["fake"]
+    all_paths = sum((s.paths for s in a.splits.values()), [])
+    assert len(all_paths) == len(set(all_paths)) == 40
+
+
+def test_custom_class_names(tmp_path):
+    for cls in ("camera", "generated"):
+        for i in range(6):
+            write_image(tmp_path / "d" / cls / f"{i}.png")
+    info = D.scan_dataset(dcfg(tmp_path / "d", "data.class_names=[camera,generated]", "data.val_fraction=0.33",
+                               "data.test_fraction=0.33"))
+    labels = dict(zip(sum((s.paths for s in info.splits.values()), []), sum((s.labels for s in info.splits.values()), [])))
+    assert all(("generated" in p) == bool(l) for p, l in labels.items())
+
+
+def test_missing_val_folder_is_carved_from_train(tiny_split_dataset, tmp_path):
+    root = tmp_path / "noval"
+    shutil.copytree(tiny_split_dataset, root)
+    shutil.rmtree(root / "val")
+    info = D.scan_dataset(dcfg(root, "data.val_fraction=0.25"))
+    assert len(info.splits["val"]) == 4 and len(info.splits["train"]) == 12
+    assert any("no val/" in n for n in info.notes)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DeepfakeError, match=f"{tmp_path / 'nope'}.*does not exist"):
+        D.scan_dataset(dcfg(tmp_path / "nope"))
+
+
+def test_path_is_a_file(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(DeepfakeError, match="not a folder"):
+        D.scan_dataset(dcfg(tmp_path / "f.txt"))
+
+
+def test_wrong_layout(tmp_path):
+    write_image(tmp_path / "d" / "cats" / "a.png")
+    with pytest.raises(DeepfakeError, match=r"neither train/ val/ test/.*expected DATA/\{train,val,test\}/\{real,fake\}/"):
+        D.scan_dataset(dcfg(tmp_path / "d"))
+
+
+def test_missing_class_in_split(tiny_split_dataset, tmp_path):
+    root = tmp_path / "nofake"
+    shutil.copytree(tiny_split_dataset, root)
+    shutil.rmtree(root / "test" / "fake")
+    with pytest.raises(DeepfakeError, match=r"test/fake is missing"):
+        D.scan_dataset(dcfg(root))
+
+
+def test_empty_class(tiny_split_dataset, tmp_path):
+    root = tmp_path / "empty"
+    shutil.copytree(tiny_split_dataset, root)
+    for f in (root / "train" / "real").iterdir():
+        f.unlink()
+    with pytest.raises(DeepfakeError, match=r"train/real has no images"):
+        D.scan_dataset(dcfg(root))
+
+
+def test_split_with_one_class_only_after_skipping(tiny_split_dataset, tmp_path):
+    root = tmp_path / "oneclass"
+    shutil.copytree(tiny_split_dataset, root)
+    for f in (root / "val" / "fake").iterdir():
+        f.write_bytes(b"")  # all unreadable: the val split is left with one class
+    with pytest.raises(DeepfakeError, match=r"val.*only one class"):
+        D.scan_dataset(dcfg(root))
+
+
+def test_missing_test_split(tiny_split_dataset, tmp_path):
+    root = tmp_path / "notest"
+    shutil.copytree(tiny_split_dataset, root)
+    shutil.rmtree(root / "test")
+    with pytest.raises(DeepfakeError, match="test.*missing"):
+        D.scan_dataset(dcfg(root))
+
+
+# ----------------------------------------------------------------------------- unreadable files
+
+
+def test_unreadable_files_are_skipped_and_listed(tiny_split_dataset, tmp_path):
+    root = tmp_path / "bad"
+    shutil.copytree(tiny_split_dataset, root)
+    train_fake = root / "train" / "fake"
+    good = sorted(train_fake.glob("*.jpg"))[0].read_bytes()
+    (train_fake / "zero.jpg").write_bytes(b"")
+    (train_fake / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (train_fake / "text.jpg").write_text("this is not an image")
+    write_image(train_fake / "thin.png", size=(1, 40))
+    png_bomb(train_fake / "bomb.png")
+    (train_fake / "notes.txt").write_text("ignored: not an image extension")
+    info = D.scan_dataset(dcfg(root))
+    reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in info.skipped}
+    assert set(reasons) == {"zero.jpg", "truncated.jpg", "text.jpg", "thin.png", "bomb.png"}
+    assert reasons["zero.jpg"] == "empty file"
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not an image" in reasons["text.jpg"]
+    assert "too small" in reasons["thin.png"]
+    assert "too large" in reasons["bomb.png"]
+    assert len(info.splits["train"]) == 16  # the good images are all still there
+    report = info.report()
+    assert "skipped 5 unreadable" in report and "bomb.png" in report
+    assert info.summary()["n_skipped"] == 5
+
+
+def test_check_image_accepts_every_supported_format(tmp_path):
+    for name, mode, fmt in [("a.jpg", "RGB", "JPEG"), ("b.png", "RGBA", "PNG"), ("c.bmp", "RGB", "BMP"),
+                            ("d.gif", "P", "GIF"), ("e.png", "L", "PNG"), ("f.png", "P", "PNG")]:
+        assert D.check_image(write_image(tmp_path / name, mode=mode, fmt=fmt)) is None, name
+    webp = write_image(tmp_path / "g.jpg", fmt="WEBP")
+    assert "unsupported format" in D.check_image(webp)
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGB", "JPEG"), ("RGBA", "PNG"), ("RGB", "BMP"), ("P", "GIF"),
+                                       ("L", "PNG"), ("P", "PNG"), ("L", "JPEG")])
+def test_decode_image_gives_rgb_float_in_range(tmp_path, mode, fmt):
+    path = write_image(tmp_path / f"x.{fmt.lower()}", mode=mode, size=(50, 30), fmt=fmt)
+    img = D.load_image(path, 32)
+    assert img.shape == (32, 32, 3) and img.dtype == np.float32
+    assert 0 <= img.min() and img.max() <= 255 and img.max() > 1  # pixels, not 0..1
+    if mode == "L":
+        np.testing.assert_allclose(img[..., 0], img[..., 1])
+
+
+def test_decode_matches_pillow_without_resize(tmp_path):
+    path = write_image(tmp_path / "p.png", size=(32, 32))
+    ours = D.load_image(path, 32)
+    np.testing.assert_allclose(ours, np.asarray(Image.open(path).convert("RGB"), dtype=np.float32), atol=0.5)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def test_make_dataset_shapes_labels_and_order(tiny_split_dataset):
+    cfg = dcfg(tiny_split_dataset)
+    info = D.scan_dataset(cfg)
+    ds = D.make_dataset(info.splits["test"], cfg, training=False)
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(y, info.splits["test"].labels)  # evaluation keeps file order
+
+
+def test_training_shuffle_is_seeded(tiny_split_dataset):
+    cfg = dcfg(tiny_split_dataset, "data.augment.flip=false")
+    split = D.scan_dataset(cfg).splits["train"]
+
+    def labels(seed):
+        return np.concatenate([y.numpy() for _, y in D.make_dataset(split, cfg, training=True, seed=seed)])
+
+    assert np.array_equal(labels(3), labels(3))
+    assert not np.array_equal(labels(3), labels(4))
+    assert sorted(labels(3)) == sorted(split.labels)
+
+
+def test_cache_mode_auto_streams_large_datasets(tiny_split_dataset):
+    cfg = dcfg(tiny_split_dataset)
+    split = D.scan_dataset(cfg).splits["train"]
+    assert D._cache_mode(split, cfg) == "memory"  # 16 images of 32 px: cached after decoding
+    big = D.Split(split.paths * 20000, split.labels * 20000)  # 320k images would exceed 1 GiB
+    assert D._cache_mode(big, cfg) == "none"  # streamed from disk every epoch
+    cfg_none = dcfg(tiny_split_dataset, "data.cache=none")
+    assert sum(int(y.shape[0]) for _, y in D.make_dataset(split, cfg_none, training=True)) == 16
+
+
+def _asym_image():
+    import tensorflow as tf
+
+    x = np.zeros((16, 16, 3), dtype=np.float32)
+    x[:, :4] = 255.0  # bright left edge
+    return tf.constant(x)
+
+
+def test_augmentations_each_do_their_job():
+    import tensorflow as tf
+
+    img = _asym_image()
+    seed = tf.constant([1, 2], dtype=tf.int64)
+    off = C.AugmentConfig(flip=False, blur_prob=0.0, jpeg_prob=0.0)
+    np.testing.assert_array_equal(D.augment_image(img, seed, off).numpy(), img.numpy())
+    flips = [D._flip(img, tf.constant([s, 0], dtype=tf.int64), C.AugmentConfig()).numpy() for s in range(12)]
+    assert any(np.array_equal(f, img.numpy()[:, ::-1]) for f in flips)
+    assert any(np.array_equal(f, img.numpy()) for f in flips)
+    blurred = D._blur(img, seed, C.AugmentConfig(blur_prob=1.0, blur_sigma_max=3.0)).numpy()
+    assert 0 < blurred[:, 4].mean() < 255 and blurred.shape == img.shape
+    jpeg = D._jpeg_recompress(img, seed, C.AugmentConfig(jpeg_prob=1.0, jpeg_quality_min=30)).numpy()
+    assert jpeg.shape == img.shape and not np.array_equal(jpeg, img.numpy())
+
+
+def test_class_weights_handle_imbalance(tmp_path):
+    for i in range(30):
+        write_image(tmp_path / "d" / "real" / f"{i}.png")
+    for i in range(10):
+        write_image(tmp_path / "d" / "fake" / f"{i}.png")
+    info = D.scan_dataset(dcfg(tmp_path / "d", "data.val_fraction=0.2", "data.test_fraction=0.2"))
+    w = info.class_weights()
+    counts = info.splits["train"].counts(["real", "fake"])
+    n = sum(counts.values())
+    assert w[0] == pytest.approx(n / (2 * counts["real"]))
+    assert w[1] == pytest.approx(n / (2 * counts["fake"]))
+    assert w[1] > w[0]
+    assert "class imbalance" in info.report()

@@ -1,0 +1,97 @@
+"""MLproject entry points mirror the CLI, and conda.yaml pins what pyproject.toml pins."""
+
+import tomllib
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from deepfake import config as C
+from deepfake.cli import main
+from deepfake.cli.app import OPTION_TO_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY_TO_COMMAND = {"main": "suite", "demo_data": "demo-data", "train": "train", "tune": "tune",
+                    "evaluate": "evaluate", "sample": "sample", "predict": "predict"}
+NOT_MIRRORED = {"set_args", "help", "version", "verbose"}  # repeatable --set has no MLproject form
+
+
+def mlproject():
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
+def cli_params(command: click.Command) -> dict[str, click.Parameter]:
+    out = {}
+    for p in command.params:
+        if isinstance(p, click.Option):
+            long = max(p.opts, key=len).lstrip("-").replace("-", "_")
+        else:
+            long = p.name
+        if p.name not in NOT_MIRRORED:
+            out[long] = p
+    return out
+
+
+def test_every_entry_point_is_a_command():
+    points = mlproject()["entry_points"]
+    assert {"main", "demo_data", "train", "tune", "evaluate", "sample"} <= set(points)
+    for name in points:
+        assert ENTRY_TO_COMMAND[name] in main.commands, name
+
+
+@pytest.mark.parametrize("entry", sorted(mlproject()["entry_points"]))
+def test_parameters_mirror_cli_options(entry):
+    spec = mlproject()["entry_points"][entry]
+    command = main.commands[ENTRY_TO_COMMAND[entry]]
+    options = cli_params(command)
+    assert set(spec["parameters"]) == set(options), f"{entry}: MLproject and `deepfake {command.name}` differ"
+    # Entry points with a config file take their override defaults from it (as the CLI would).
+    config_file = spec["parameters"].get("config", {}).get("default")
+    defaults = C.resolve([REPO / config_file]).flat() if config_file else {}
+    for name, param_spec in spec["parameters"].items():
+        option = options[name]
+        assert f"{{{name}}}" in spec["command"], f"{entry}: parameter {name} is not used in the command"
+        if isinstance(option, click.Option) and option.is_flag:
+            assert param_spec["type"] == "string" and param_spec["default"] in ("true", "false")
+            assert (param_spec["default"] == "true") == (option.default is True), f"{entry}.{name}"
+            continue
+        kind = {"int": (click.types.IntParamType,), "float": (click.types.FloatParamType,)}.get(param_spec["type"])
+        if kind:
+            assert isinstance(option.type, kind), f"{entry}.{name}: type {param_spec['type']} vs {option.type}"
+        default = option.default
+        if isinstance(default, (list, tuple)):
+            default = default[0] if default else None
+        if default in (None, click.core.UNSET) if hasattr(click.core, "UNSET") else default is None:
+            expected = defaults.get(OPTION_TO_CONFIG.get(name))
+            if expected is not None:
+                # An override with no CLI default: the MLproject default is the config file's value.
+                assert param_spec["default"] == expected, f"{entry}.{name}"
+            continue
+        assert param_spec["default"] == default, f"{entry}.{name}: {param_spec['default']!r} != CLI {default!r}"
+
+
+def test_conda_env_pins_the_same_dependencies_as_pyproject():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(d for d in pip if d != "-e .") == sorted(deps)
+    assert "python_env" not in mlproject()  # MLflow allows one environment file: conda.yaml
+
+
+@pytest.mark.slow
+def test_mlflow_run_executes_an_entry_point(tmp_path):
+    """`mlflow run .` parses the MLproject and runs an entry point through the CLI."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", "demo_data",
+         "-P", f"out={out}", "-P", "per_class=10", "-P", "size=32"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(out.rglob("*.jpg"))) == 20

@@ -1,0 +1,125 @@
+"""The ResNet50 detector: weights handling, in-graph preprocessing, freezing for fine-tuning."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from deepfake import config as C  # noqa: E402
+from deepfake import model as M  # noqa: E402
+from deepfake.errors import DeepfakeError  # noqa: E402
+
+SIZE = 32
+
+
+def cfg(**model):
+    sets = [f"data.image_size={SIZE}"] + [f"model.{k}={v}" for k, v in model.items()]
+    return C.resolve(set_args=sets)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return M.build_model(cfg(weights="none"), with_info=True)
+
+
+def test_architecture_and_output(random_model):
+    model, info = random_model
+    assert info.source == "random" and info.warning is None
+    assert model.input_shape == (None, SIZE, SIZE, 3)
+    assert model.output_shape == (None, 1)
+    assert M.backbone_of(model).name == "resnet50"
+    x = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    p = model.predict(x, verbose=0)
+    assert p.shape == (3, 1) and np.all((p >= 0) & (p <= 1))
+    # A fresh model has a frozen backbone: only the head trains in phase 1.
+    head_weights = {id(w) for w in M.head_of(model).weights}
+    assert model.trainable_weights and all(id(w) in head_weights for w in model.trainable_weights)
+
+
+def test_preprocessing_layer_matches_keras_preprocess_input():
+    x = np.random.default_rng(1).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    expected = keras.applications.resnet50.preprocess_input(x.copy())
+    got = keras.ops.convert_to_numpy(M.ResNetPreprocess()(x))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_npr_residual_is_zero_on_nearest_upsampled_images():
+    rng = np.random.default_rng(2)
+    low = rng.uniform(0, 255, (1, 4, 4, 3)).astype("float32")
+    up = np.repeat(np.repeat(low, 2, axis=1), 2, axis=2)  # what NN upsampling leaves
+    out = keras.ops.convert_to_numpy(M.NPRResidual()(up))
+    assert np.abs(out).max() == 0
+    natural = rng.uniform(0, 255, (1, 8, 8, 3)).astype("float32")
+    assert np.abs(keras.ops.convert_to_numpy(M.NPRResidual()(natural))).max() > 1
+
+
+def test_fine_tune_unfreezes_top_stages_and_keeps_batchnorm_frozen(random_model):
+    model, _ = random_model
+    n1 = M.set_fine_tune(model, 1)
+    backbone = M.backbone_of(model)
+    trainable = [l.name for l in backbone.layers if l.trainable and l.weights]
+    assert n1 == len(trainable) > 0
+    assert all(name.startswith("conv5") for name in trainable)
+    assert not any(isinstance(l, keras.layers.BatchNormalization) and l.trainable for l in backbone.layers)
+    n2 = M.set_fine_tune(model, 2)
+    assert n2 > n1
+    assert M.set_fine_tune(model, 0) == 0 and not backbone.trainable
+
+
+def test_auto_weights_fall_back_to_random_with_loud_warning(monkeypatch):
+    real_resnet = keras.applications.ResNet50
+
+    def offline(*args, weights=None, **kwargs):
+        if weights == "imagenet":
+            raise Exception("URL fetch failure: Name or service not known")
+        return real_resnet(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(M.keras.applications, "ResNet50", offline)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        _, info = M.build_model(cfg(weights="auto"), with_info=True)
+    assert info.source == "random" and "RANDOM" in info.warning
+    with pytest.raises(DeepfakeError, match="--weights imagenet"):
+        M.build_model(cfg(weights="imagenet"))
+
+
+def test_weights_file_is_loaded(tmp_path, random_model):
+    model, _ = random_model
+    path = tmp_path / "resnet50_notop.weights.h5"
+    M.backbone_of(model).save_weights(path)
+    loaded, info = M.build_model(cfg(weights=str(path)), with_info=True)
+    assert info.source == f"file:{path}"
+    for a, b in zip(M.backbone_of(model).get_weights(), M.backbone_of(loaded).get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_weights_file_errors(tmp_path):
+    with pytest.raises(DeepfakeError, match="no such file"):
+        M.build_model(cfg(weights=str(tmp_path / "missing.h5")))
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(DeepfakeError, match="could not load"):
+        M.build_model(cfg(weights=str(junk)))
+
+
+def test_saved_model_round_trip_and_feature_path(tmp_path, random_model):
+    model, _ = random_model
+    x = np.random.default_rng(3).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    again = M.load_keras_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), expected, atol=1e-5)
+    # head(features(x)) is the full model: what the feature cache relies on.
+    feats = M.feature_extractor(model).predict(x, verbose=0)
+    assert feats.shape == (2, M.FEATURE_DIM)
+    np.testing.assert_allclose(M.head_of(model).predict(feats, verbose=0), expected, atol=1e-5)
+    with pytest.raises(DeepfakeError, match="does not exist"):
+        M.load_keras_model(tmp_path / "none.keras")
+
+
+def test_npr_model_builds_saves_and_loads(tmp_path):
+    model = M.build_model(cfg(weights="none", representation="npr"))
+    assert model.layers[1].name == "npr_residual"
+    x = np.random.default_rng(4).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "npr.keras")
+    np.testing.assert_allclose(M.load_keras_model(tmp_path / "npr.keras").predict(x, verbose=0), expected, atol=1e-5)

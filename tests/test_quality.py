@@ -1,0 +1,154 @@
+"""Detection quality: per-source tables, robustness sweep, calibration, leakage, HTML report, evaluate CLI."""
+
+import csv
+import io
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from deepfake import config as C
+from deepfake import data as D
+from deepfake import evaluation as E
+from deepfake import leakage
+from deepfake import model as M
+from deepfake.cli import main
+from deepfake.inference import ModelMeta, Predictor, save_detector
+
+
+@pytest.fixture(scope="module")
+def detector_dir(tmp_path_factory):
+    """An untrained 32 px detector saved to disk: enough to exercise the evaluation mechanics."""
+    cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]"])
+    out = tmp_path_factory.mktemp("detector")
+    save_detector(M.build_model(cfg), ModelMeta(threshold=0.5, image_size=32), out)
+    return out
+
+
+def test_perturbations_change_the_image_and_stay_decodable(tiny_split_dataset):
+    raw = next((tiny_split_dataset / "test" / "real").glob("*.jpg")).read_bytes()
+    original = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=float)
+    for name in E.PERTURBATIONS:
+        out = E.perturb(raw, name)
+        img = np.asarray(Image.open(io.BytesIO(out)).convert("RGB"), dtype=float)
+        assert img.shape == original.shape
+        diff = np.abs(img - original).mean()
+        assert (diff == 0) == (name == "none"), name
+    # Stronger damage is further from the original.
+    d = {n: np.abs(np.asarray(Image.open(io.BytesIO(E.perturb(raw, n))).convert("RGB"), float) - original).mean()
+         for n in ("jpeg_q95", "jpeg_q30", "blur_sigma1", "blur_sigma2")}
+    assert d["jpeg_q30"] > d["jpeg_q95"] and d["blur_sigma2"] > d["blur_sigma1"]
+
+
+def test_robustness_sweep_table_and_plot(detector_dir, tiny_split_dataset, tmp_path):
+    predictor = Predictor.from_dir(detector_dir)
+    split = D.scan_dataset(C.resolve(set_args=[f"data.path={tiny_split_dataset}"]).data).splits["test"]
+    sweep = E.robustness_sweep(predictor, split, tmp_path, names=["none", "jpeg_q50", "blur_sigma2"])
+    assert [r["perturbation"] for r in sweep["rows"]] == ["none", "jpeg_q50", "blur_sigma2"]
+    assert all(r["n"] == len(split) and 0 <= r["accuracy"] <= 1 for r in sweep["rows"])
+    assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list(csv.DictReader((tmp_path / "robustness.csv").open()))) == 3
+
+
+def test_per_source_table_by_hand(tmp_path):
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(6)]
+    for p in paths:
+        open(p, "w").close()
+    labels = [0, 0, 1, 1, 1, 1]
+    probs = np.array([0.2, 0.7, 0.9, 0.8, 0.3, 0.1])
+    sources = {str((tmp_path / f"{i}.jpg").resolve()): s for i, s in enumerate(["web", "web", "sdxl", "sdxl", "dalle", "dalle"])}
+    table = E.per_source_table(paths, labels, probs, 0.5, sources, tmp_path)
+    rows = {r["source"]: r for r in table["rows"]}
+    assert rows["web"]["accuracy"] == 0.5 and rows["web"]["flagged_fake"] == 0.5
+    assert np.isnan(rows["web"]["roc_auc"])  # one class only
+    assert rows["sdxl"]["accuracy"] == 1.0 and rows["dalle"]["accuracy"] == 0.0  # dalle fools the model
+
+
+def test_read_metadata_resolves_relative_paths(tmp_path):
+    (tmp_path / "data" / "test" / "fake").mkdir(parents=True)
+    img = tmp_path / "data" / "test" / "fake" / "a.jpg"
+    img.write_bytes(b"x")
+    meta = tmp_path / "data" / "metadata.csv"
+    meta.write_text("path,split,label,source\ntest/fake/a.jpg,test,fake,SDXL\n")
+    assert E.read_metadata(meta, tmp_path / "data") == {str(img.resolve()): "SDXL"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,kind\n")
+    from deepfake.errors import DeepfakeError
+
+    with pytest.raises(DeepfakeError, match="path"):
+        E.read_metadata(bad, tmp_path)
+
+
+def test_temperature_scaling_recovers_the_overconfidence_factor():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)  # labels drawn from sigmoid(z)
+    overconfident = 1 / (1 + np.exp(-3 * z))  # a model whose logits are 3x too large
+    t = E.fit_temperature(y, overconfident)
+    assert t == pytest.approx(3.0, rel=0.1)
+    from deepfake.inference import apply_temperature
+    from deepfake.metrics import compute_metrics
+
+    calibrated = apply_temperature(overconfident, t)
+    assert compute_metrics(y, calibrated)["ece"] < compute_metrics(y, overconfident)["ece"]
+    assert E.fit_temperature([1, 1], [0.2, 0.9]) == 1.0
+
+
+def test_leakage_finds_exact_and_near_duplicates_and_dedupe_removes_later_copies(tiny_split_dataset, tmp_path):
+    root = tmp_path / "leaky"
+    shutil.copytree(tiny_split_dataset, root)
+    train_img = sorted((root / "train" / "fake").glob("*.jpg"))[0]
+    shutil.copy(train_img, root / "test" / "fake" / "exact_copy.jpg")
+    with Image.open(train_img) as img:
+        img.convert("RGB").save(root / "val" / "fake" / "near_copy.jpg", quality=60)  # re-encoded: near duplicate
+    cfg = C.resolve(set_args=[f"data.path={root}", "data.image_size=32"])
+    info = D.scan_dataset(cfg.data)
+    leaks = leakage.find_leaks(info, max_distance=4)
+    kinds = {(l.kind, l.dup_path.rsplit("/", 1)[-1]) for l in leaks}
+    assert ("exact", "exact_copy.jpg") in kinds and ("near", "near_copy.jpg") in kinds
+    assert all(l.kept_split == "train" for l in leaks if "copy" in l.dup_path)
+    n_test = len(info.splits["test"])
+    deduped = leakage.dedupe(info, leaks)
+    assert len(deduped.splits["test"]) < n_test
+    assert not any("copy" in p for s in ("val", "test") for p in deduped.splits[s].paths)
+    assert str(train_img) in deduped.splits["train"].paths  # the train copy is kept
+    assert "exact" in leakage.report(leaks)
+
+
+def test_clean_dataset_has_no_leaks(tiny_split_dataset):
+    info = D.scan_dataset(C.resolve(set_args=[f"data.path={tiny_split_dataset}"]).data)
+    assert leakage.find_leaks(info, max_distance=0) == []
+
+
+def test_evaluate_cli_with_metadata_robustness_and_report(detector_dir, tiny_split_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    meta = tmp_path / "metadata.csv"
+    with meta.open("w") as f:
+        f.write("path,source\n")
+        for p in sorted((tiny_split_dataset / "test").rglob("*.jpg")):
+            f.write(f"{p.relative_to(tiny_split_dataset)},{'camera' if '/real/' in str(p) else 'generator-x'}\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(main, [
+        "evaluate", "--model", str(detector_dir), "--data", str(tiny_split_dataset), "--metadata", str(meta),
+        "--robustness", "--output-dir", str(tmp_path / "ev"), "--tracking-uri", uri,
+    ])
+    assert result.exit_code == 0, result.output
+    assert "Per source" in result.output and "generator-x" in result.output
+    assert "jpeg_q30" in result.output and "downscale_50" in result.output
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "per source" in page and "robustness" in page
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["deepfake-evaluation"], output_format="list")[0]
+    assert run.data.tags["model_uri"] == str(detector_dir)
+    assert "test_roc_auc" in run.data.metrics and "robustness.jpeg_q30.roc_auc" in run.data.metrics
+    assert "test_ece" in run.data.metrics
+    # `deepfake report --run` writes the page for any run and logs it to that run.
+    out = tmp_path / "r.html"
+    rep = CliRunner().invoke(main, ["report", "--run", run.info.run_id, "--out", str(out), "--tracking-uri", uri])
+    assert rep.exit_code == 0, rep.output
+    assert "data:image/png;base64," in out.read_text()
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
+    assert "report/r.html" in arts

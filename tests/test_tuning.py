@@ -1,0 +1,197 @@
+"""Optuna studies: search space validation, nested MLflow runs, registry, resume, killed workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from deepfake import tuning
+from deepfake.cli import main
+from deepfake.errors import DeepfakeError
+
+TINY = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "1",
+        "--fine-tune-stages", "1", "--batch-size", "8", "--set", "model.head_units=[8]"]
+
+
+@pytest.fixture()
+def space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "params:\n"
+        "  model.dropout: {type: float, low: 0.0, high: 0.5}\n"
+        "  train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "  model.head_units: {type: categorical, choices: [8, 16]}\n"
+        "sampler: {type: random}\n"
+        "pruner: {type: none}\n"
+    )
+    return path
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, tiny_split_dataset):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return {"uri": f"sqlite:///{tmp_path}/mlflow.db", "storage": f"sqlite:///{tmp_path}/optuna.db",
+            "data": str(tiny_split_dataset)}
+
+
+def tune_args(env, space, study="s", n=2, *extra):
+    return ["tune", "--data", env["data"], "--study-name", study, "--storage", env["storage"], "--n-trials", str(n),
+            "--search-space", str(space), "--tracking-uri", env["uri"], "--experiment", "tune-test", *TINY, *extra]
+
+
+# ----------------------------------------------------------------------------- search space
+
+
+def test_search_space_shipped_files_are_valid():
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    for path in root.glob("search_space*.yaml"):
+        assert tuning.load_search_space(path).params
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("params:\n  train.nope: {type: float, low: 0, high: 1}\n", "'train.nope' is not a config option"),
+    ("params:\n  model.dropout: {type: float, low: 0.5, high: 0.1}\n", "low 0.5 > high 0.1"),
+    ("params:\n  train.learning_rate: {type: float, low: 0, high: 0.1, log: true}\n", "low must be > 0"),
+    ("params:\n  model.dropout: {type: categorical, choices: []}\n", "non-empty 'choices'"),
+    ("params:\n  model.dropout: {type: float, low: 0.0, high: 1.5}\n", "value 1.5 is impossible"),
+    ("params:\n  model.dropout: {type: gaussian}\n", "type float, int or categorical"),
+    ("params:\n  model.dropout: {type: float, low: 0, high: 0.3}\npruner: {type: magic}\n", "pruner type 'magic'"),
+    ("params: {}\n", "non-empty 'params'"),
+])
+def test_bad_search_spaces_are_named(tmp_path, body, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(DeepfakeError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
+        tuning.load_search_space(path)
+
+
+def test_suggest_covers_every_parameter(space):
+    s = tuning.load_search_space(space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = s.suggest(study.ask())
+    assert set(values) == {"model.dropout", "train.learning_rate", "model.head_units"}
+    assert 0 <= values["model.dropout"] <= 0.5 and values["model.head_units"] in (8, 16)
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("foo://x", "unsupported scheme"),
+    ("optuna.db", "not a database URL"),
+    ("postgresql://postgres@127.0.0.1:9/x", "cannot open the Optuna storage"),
+])
+def test_bad_storage_urls(url, fragment):
+    with pytest.raises(DeepfakeError, match=fragment):
+        tuning.make_storage(url)
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+@pytest.mark.slow
+def test_study_nested_runs_registry_and_resume(env, space):
+    result = CliRunner().invoke(main, tune_args(env, space, "s", 2))
+    assert result.exit_code == 0, result.output
+    assert "promoted to @champion" in result.output
+    mlflow.set_tracking_uri(env["uri"])
+    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("deepfake.role") == "study"]
+    trials = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert len(parents) == 1 and len(trials) == 2
+    parent = parents[0]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert all(r.data.tags["state"] == "COMPLETE" for r in trials)
+    assert all("val_auc" in r.data.metrics and "model.dropout" in r.data.params for r in trials)
+    client = mlflow.MlflowClient()
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/trials.csv", "study/optimization_history.png", "study/parallel_coordinate.png"} <= parent_files
+    assert parent.data.metrics["n_complete"] == 2 and "best.trial" in parent.data.params
+    trial_files = {a.path for a in client.list_artifacts(trials[0].info.run_id, "evaluation")}
+    assert "evaluation/test_confusion_matrix.png" in trial_files
+    # The champion is registered with its metrics and loads as a pyfunc.
+    champion = client.get_model_version_by_alias("deepfake-detector", "champion")
+    assert "test_roc_auc" in champion.tags and champion.tags["comparison.promoted"] == "True"
+    model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
+    import pandas as pd
+
+    images = sorted(str(p) for p in (Path(env["data"]) / "test").rglob("*.jpg"))
+    out = model.predict(pd.DataFrame({"image": images}))
+    assert list(out.columns) == ["fake_probability", "label", "error"] and len(out) == len(images)
+
+    # Running the same command again resumes: the target is met, nothing is added or lost.
+    again = CliRunner().invoke(main, tune_args(env, space, "s", 2, "--no-register"))
+    assert again.exit_code == 0, again.output
+    study = optuna.load_study(study_name="s", storage=env["storage"])
+    assert [t.number for t in study.trials] == [0, 1]
+    # A larger target continues the same study under the same parent run.
+    more = CliRunner().invoke(main, tune_args(env, space, "s", 3, "--no-register"))
+    assert more.exit_code == 0, more.output
+    study = optuna.load_study(study_name="s", storage=env["storage"])
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    assert len([r for r in runs if r.data.tags.get("deepfake.role") == "study"]) == 1
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 3
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_failed_and_retried(env, space, tmp_path):
+    args = tune_args(env, space, "k", 2, "--heartbeat", "1", "--no-register")
+    proc = subprocess.Popen([sys.executable, "-c", "from deepfake.cli import main; main()", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    storage = tuning.make_storage(env["storage"], heartbeat_interval=1)
+    deadline = time.time() + 300
+    running = []
+    while time.time() < deadline:
+        try:
+            study = optuna.load_study(study_name="k", storage=storage)
+            running = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+        except KeyError:
+            running = []
+        if running:
+            break
+        time.sleep(0.5)
+    assert running, "the worker never started a trial"
+    time.sleep(3)  # well inside the trial (a few heartbeats)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = running[0].number
+    time.sleep(3)  # > grace period (2 x heartbeat): the trial is now stale
+    result = CliRunner().invoke(main, tune_args(env, space, "k", 2, "--heartbeat", "1", "--no-register"))
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="k", storage=env["storage"])
+    states = {t.number: t.state for t in study.trials}
+    assert states[killed] == optuna.trial.TrialState.FAIL
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 2
+    retried = [optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in study.trials]
+    assert killed in retried  # the killed trial was re-run with its parameters
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--storage", "foo://x"], "unsupported scheme"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking store"),
+    (["--storage", "postgresql://postgres@127.0.0.1:9/x"], "cannot open the Optuna storage"),
+])
+def test_tune_bad_input_is_one_line_exit_2(env, space, extra, fragment):
+    result = CliRunner().invoke(main, [*tune_args(env, space, "bad", 1), *extra])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tune_unknown_search_space_key_exit_2(env, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  model.nope: {type: float, low: 0, high: 1}\n")
+    result = CliRunner().invoke(main, tune_args(env, bad, "bad", 1))
+    assert result.exit_code == 2 and "model.nope" in result.output
