@@ -5,6 +5,7 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_SESSION_ENVIRON = dict(os.environ)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,23 @@ def _float32_policy_after_each_test():
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment():
+    """``mlflow.set_experiment`` exports MLFLOW_EXPERIMENT_ID into ``os.environ``; a later test (or a
+    subprocess it starts, such as ``mlflow run``) would inherit an experiment id from another
+    test's database. Every test ends with the MLFLOW_* variables the session started with (module-scoped
+    fixtures pass their tracking URI explicitly)."""
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        if key not in _SESSION_ENVIRON:
+            del os.environ[key]
+    os.environ.update({k: v for k, v in _SESSION_ENVIRON.items() if k.startswith("MLFLOW_")})
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        while fluent.active_run() is not None:
+            fluent.end_run()
+        fluent._active_experiment_id = None
