@@ -35,7 +35,7 @@ def cli_params(command: click.Command) -> dict[str, click.Parameter]:
 
 def test_every_entry_point_is_a_command():
     points = mlproject()["entry_points"]
-    assert {"main", "demo_data", "train", "tune", "evaluate", "sample"} <= set(points)
+    assert {"main", "demo_data", "train", "tune", "evaluate", "sample", "predict"} <= set(points)
     for name in points:
         assert ENTRY_TO_COMMAND[name] in main.commands, name
 
