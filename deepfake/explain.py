@@ -16,17 +16,15 @@ from deepfake.model import backbone_of, head_of
 LAST_CONV = "conv5_block3_out"
 
 
-def grad_cam(model, image: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, float]:
-    """``(heat map in [0, 1] with the image's height and width, fake probability)``.
-
-    ``temperature`` is the model's calibration temperature, so the probability reported is the
-    one inference reports; the heat map does not depend on it (scaling is monotonic).
+def grad_cam(predictor, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(heat map in [0, 1] with the image's height and width, fake probability)`` for a
+    :class:`deepfake.inference.Predictor` with a Keras model; the probability is the calibrated
+    one every other prediction path reports (the heat map does not depend on calibration).
     """
-    from deepfake.inference import apply_temperature
-
     import keras
     import tensorflow as tf
 
+    model = predictor.model
     backbone = backbone_of(model)
     inner = keras.Model(backbone.inputs, [backbone.get_layer(LAST_CONV).output, backbone.output])
     representation = model.layers[1]
@@ -42,8 +40,7 @@ def grad_cam(model, image: np.ndarray, temperature: float = 1.0) -> tuple[np.nda
     cam = cam / (tf.reduce_max(cam) + 1e-8)
     h, w = image.shape[:2]
     cam = tf.image.resize(cam[..., None], [h, w], method="bilinear")[..., 0]
-    calibrated = apply_temperature(np.asarray(prob.numpy(), dtype="float64"), temperature)
-    return np.clip(cam.numpy(), 0, 1), float(calibrated[0])
+    return np.clip(cam.numpy(), 0, 1), float(predictor.calibrate(prob.numpy())[0])
 
 
 def save_explanation(image: np.ndarray, heat: np.ndarray, label: str, probability: float, path: str | Path,

@@ -114,9 +114,13 @@ class Predictor:
         """Decoded images ``(N, S, S, 3)`` in 0..255 -> fake probabilities ``(N,)``."""
         if len(images) == 0:
             return np.zeros((0,), dtype="float64")
-        probs = self.model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size, verbose=0)
-        probs = np.asarray(probs, dtype="float64").reshape(-1)
-        return apply_temperature(probs, self.meta.temperature)
+        return self.calibrate(self.model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size,
+                                                 verbose=0))
+
+    def calibrate(self, raw: Any) -> np.ndarray:
+        """The model's raw sigmoid outputs -> the fake probabilities this detector reports ``(N,)``
+        (the temperature fitted on validation applied); predict_arrays and Grad-CAM both use it."""
+        return apply_temperature(np.asarray(raw, dtype="float64").reshape(-1), self.meta.temperature)
 
     def decode(self, value: Any) -> np.ndarray:
         """One input (path, bytes or base64) -> ``(S, S, 3)`` float32 pixels; raises ValueError."""

@@ -1,11 +1,12 @@
 """Shared fixtures: tiny generated datasets (no test needs real data or the network)."""
 
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_SESSION_ENVIRON = dict(os.environ)
+_SESSION_MLFLOW_ENV = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
 
 
 @pytest.fixture(scope="session")
@@ -51,12 +52,9 @@ def _isolated_environment():
     test's database. Every test ends with the MLFLOW_* variables the session started with (module-scoped
     fixtures pass their tracking URI explicitly)."""
     yield
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        if key not in _SESSION_ENVIRON:
-            del os.environ[key]
-    os.environ.update({k: v for k, v in _SESSION_ENVIRON.items() if k.startswith("MLFLOW_")})
-    import sys
-
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in _SESSION_MLFLOW_ENV]:
+        del os.environ[key]
+    os.environ.update(_SESSION_MLFLOW_ENV)
     fluent = sys.modules.get("mlflow.tracking.fluent")
     if fluent is not None:
         while fluent.active_run() is not None:

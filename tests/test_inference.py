@@ -130,7 +130,7 @@ def test_explain_saves_a_grad_cam(champion, images, tmp_path):
     predictor = Predictor.from_dir(champion["model_dir"])
     pixels = predictor.decode(str(images["good"][0]))
     predictor.meta.temperature = 1.7  # as if calibrated: explain must report what inference reports
-    heat, prob = grad_cam(predictor.model, pixels, temperature=predictor.meta.temperature)
+    heat, prob = grad_cam(predictor, pixels)
     assert heat.shape == pixels.shape[:2]
     assert heat.min() >= 0 and heat.max() <= 1
     assert prob == pytest.approx(float(predictor.predict_arrays(pixels[None])[0]), abs=1e-4)

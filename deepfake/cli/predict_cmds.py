@@ -92,7 +92,7 @@ def explain(image, model_ref, out_path, tracking_uri) -> None:
         pixels = predictor.decode(image)
     except (ValueError, OSError) as exc:
         raise DeepfakeError(f"{image}: {exc}") from None
-    heat, prob = grad_cam(predictor.model, pixels, temperature=predictor.meta.temperature)
+    heat, prob = grad_cam(predictor, pixels)
     label = predictor.label_of(prob)
     out = Path(out_path or f"{Path(image).stem}_gradcam.png")
     save_explanation(pixels, heat, label, prob, out, title=Path(image).name)
