@@ -14,6 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from deepfake import backbones
 from deepfake.errors import DeepfakeError
 
 
@@ -34,19 +35,22 @@ class DataConfig:
     class_names: list[str] = field(default_factory=lambda: ["real", "fake"])  # index = label
     val_fraction: float = 0.15  # for unsplit datasets
     test_fraction: float = 0.15  # for unsplit datasets
-    image_size: int = 224  # square side the images are resized to
+    image_size: int = 0  # square side the images are resized to; 0 = the backbone's native size
     batch_size: int = 32
     num_parallel_calls: int = -1  # tf.data parallelism; -1 = AUTOTUNE
     cache: str = "auto"  # decoded-image cache: auto | memory | disk | none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: bool = True  # weight the loss by inverse class frequency
     leakage_check: bool = True  # find exact/near-duplicate images across splits before training
+    audit: bool = True  # compare classes on format, size, JPEG quality, EXIF before training
+    audit_threshold: float = 0.8  # one-feature ROC-AUC at which a property counts as a shortcut
     near_duplicate_distance: int = 4  # perceptual-hash Hamming distance counted as a near duplicate
     dedupe: bool = False  # remove duplicates from the later split (val/test)
 
 
 @dataclass
 class ModelConfig:
+    backbone: str = backbones.DEFAULT  # resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | efficientnet_b0
     weights: str = "auto"  # auto | imagenet | none | path to a weights file
     pooling: str = "avg"  # avg | max
     head_units: list[int] = field(default_factory=lambda: [256])  # hidden dense layers
@@ -60,7 +64,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     fine_tune_epochs: int = 5  # phase 2: top of the backbone unfrozen
     fine_tune_learning_rate: float = 1e-5
-    fine_tune_stages: int = 1  # ResNet50 stages unfrozen in phase 2 (0-5; 1 = conv5 only)
+    fine_tune_stages: int = 1  # top backbone stages unfrozen in phase 2 (0 = none; ResNet50: 1-5, EfficientNet: 1-8)
     patience: int = 3  # EarlyStopping patience (epochs), monitored on val_auc
     monitor: str = "val_auc"
     seed: int = 42
@@ -227,6 +231,8 @@ def from_dict(values: dict[str, Any]) -> Config:
     cfg = Config()
     _apply(cfg, values)
     validate(cfg)
+    if cfg.data.image_size == 0:
+        cfg.data.image_size = backbones.get(cfg.model.backbone).native_size
     return cfg
 
 
@@ -255,8 +261,12 @@ def validate(cfg: Config) -> None:
         bad("data.class_names", "must name two different class folders, e.g. real,fake")
     if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1 or d.val_fraction + d.test_fraction >= 1:
         bad("data.val_fraction/test_fraction", "must be in [0, 1) and sum to less than 1")
-    if d.image_size < 32:
-        bad("data.image_size", f"must be at least 32 pixels (ResNet50 downsamples 32x), got {d.image_size}")
+    if m.backbone not in backbones.REGISTRY:
+        bad("model.backbone", f"must be one of {', '.join(backbones.names())}, got {m.backbone!r}")
+    spec = backbones.get(m.backbone)
+    if d.image_size != 0 and d.image_size < 32:
+        bad("data.image_size", f"must be at least 32 pixels (the backbone downsamples 32x), or 0 for the "
+                               f"backbone's native size; got {d.image_size}")
     if d.batch_size < 1:
         bad("data.batch_size", "must be at least 1")
     if d.cache not in ("auto", "memory", "disk", "none"):
@@ -267,6 +277,8 @@ def validate(cfg: Config) -> None:
             bad(f"data.augment.{name}", "must be a probability in [0, 1]")
     if not 1 <= a.jpeg_quality_min <= 100:
         bad("data.augment.jpeg_quality_min", "must be in [1, 100]")
+    if not 0.5 < d.audit_threshold <= 1:
+        bad("data.audit_threshold", "must be a ROC-AUC in (0.5, 1], e.g. 0.8")
     if m.pooling not in ("avg", "max"):
         bad("model.pooling", "must be avg or max")
     if not 0 <= m.dropout < 1:
@@ -279,8 +291,8 @@ def validate(cfg: Config) -> None:
         bad("train.epochs/fine_tune_epochs", "must be zero or more")
     if t.epochs + t.fine_tune_epochs < 1:
         bad("train.epochs", "and train.fine_tune_epochs cannot both be 0")
-    if not 0 <= t.fine_tune_stages <= 5:
-        bad("train.fine_tune_stages", "must be between 0 and 5 (ResNet50 has 5 stages)")
+    if not 0 <= t.fine_tune_stages <= spec.stages:
+        bad("train.fine_tune_stages", f"must be between 0 and {spec.stages} ({spec.name} has {spec.stages} stages)")
     if t.learning_rate <= 0 or t.fine_tune_learning_rate <= 0:
         bad("train.learning_rate", "must be positive")
     if t.mixed_precision not in ("auto", "off", "bfloat16", "float16"):

@@ -67,6 +67,7 @@ class DatasetInfo:
     skipped: list[SkippedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     leaks: list = field(default_factory=list)  # deepfake.leakage.Leak, filled by the leakage check
+    audit: object | None = None  # deepfake.audit.AuditResult, filled by the dataset audit
 
     def summary(self) -> dict:
         counts = {name: split.counts(self.class_names) for name, split in self.splits.items()}

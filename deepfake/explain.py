@@ -1,8 +1,9 @@
 """Grad-CAM: which regions of an image drove the detector's fake probability.
 
-Gradients of the fake probability with respect to ResNet50's last convolutional block
-(``conv5_block3_out``) are averaged into channel weights; the weighted, rectified sum of
-that block's activations is the heat map, upsampled to the image (Selvaraju et al., 2017).
+Gradients of the fake probability with respect to the backbone's last convolutional feature
+map (each backbone names it: ``conv5_block3_out`` in ResNet50, ``top_activation`` in
+EfficientNet) are averaged into channel weights; the weighted, rectified sum of that map's
+activations is the heat map, upsampled to the image (Selvaraju et al., 2017).
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake.model import backbone_of, head_of
-
-LAST_CONV = "conv5_block3_out"
+from deepfake.model import backbone_of, backbone_spec, head_of, input_layer_of
 
 
 def grad_cam(predictor, image: np.ndarray) -> tuple[np.ndarray, float]:
@@ -26,13 +25,12 @@ def grad_cam(predictor, image: np.ndarray) -> tuple[np.ndarray, float]:
 
     model = predictor.model
     backbone = backbone_of(model)
-    inner = keras.Model(backbone.inputs, [backbone.get_layer(LAST_CONV).output, backbone.output])
-    representation = model.layers[1]
+    last_conv = backbone.get_layer(backbone_spec(model).gradcam_layer)
+    # One pass gives both the feature map and the pooled features computed from it (as in keras-io's Grad-CAM).
+    inner = keras.Model(backbone.inputs, [last_conv.output, backbone.output])
     x = tf.convert_to_tensor(np.asarray(image, dtype="float32")[None])
     with tf.GradientTape() as tape:
-        conv, _ = inner(representation(x), training=False)
-        tape.watch(conv)
-        pooled = backbone.layers[-1](conv)  # the backbone's own global pooling, applied to `conv`
+        conv, pooled = inner(input_layer_of(model)(x), training=False)
         prob = head_of(model)(pooled, training=False)[:, 0]
     grads = tape.gradient(prob, conv)[0]
     weights = tf.reduce_mean(grads, axis=[0, 1])

@@ -1,9 +1,9 @@
 """Frozen-backbone feature cache.
 
-In phase 1 the backbone is frozen, so the pooled ResNet50 features of un-augmented images
+In phase 1 the backbone is frozen, so the pooled backbone features of un-augmented images
 are the same every epoch and every trial that only changes the head. They are computed once
 per (file list with sizes and modification times, image size, representation, backbone
-weights) and stored as ``.npy`` under ``train.feature_cache_dir``; a change to any of those
+and its weights) and stored as ``.npy`` under ``train.feature_cache_dir``; a change to any of those
 is a different key, so a stale cache is never read.
 
 Phase 1 from the cache trains on un-augmented features (augmentation applies in phase 2).
@@ -38,13 +38,14 @@ def cache_key(paths: list[str], cfg: Config, fingerprint: str) -> str:
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    h.update(f"size={cfg.data.image_size};repr={cfg.model.representation};pool={cfg.model.pooling};"
+    h.update(f"backbone={cfg.model.backbone};size={cfg.data.image_size};repr={cfg.model.representation};"
+             f"pool={cfg.model.pooling};"
              f"weights={fingerprint}".encode())
     return h.hexdigest()[:20]
 
 
 def compute_features(model, split, cfg: Config) -> np.ndarray:
-    """Pooled backbone features ``(N, 2048)`` of a split's images, in file order, no augmentation."""
+    """Pooled backbone features ``(N, feature width)`` of a split's images, in file order, no augmentation."""
     from deepfake.data import make_dataset
     from deepfake.model import feature_extractor
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from deepfake import backbones
 from deepfake.errors import DeepfakeError
 
 KERAS_FILE = "model.keras"
@@ -30,6 +31,7 @@ class ModelMeta:
     image_size: int = 224
     threshold_method: str = "youden"
     weights_source: str = "unknown"
+    backbone: str = backbones.DEFAULT  # models saved before backbones were a choice are ResNet50
     temperature: float = 1.0  # logit temperature fitted on validation (1.0 = none)
 
     @classmethod

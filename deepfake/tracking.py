@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -180,7 +181,9 @@ def log_weights_info(info) -> None:
     """Record where the backbone weights came from; the random-init fallback gets a loud tag."""
     if info is None:
         return
-    tags = {"weights.requested": info.requested, "weights.source": info.source}
+    tags = {"weights.requested": info.requested, "weights.source": info.source, "model.backbone": info.backbone}
+    if info.origin:
+        tags["weights.origin"] = info.origin
     if info.warning:
         tags[WEIGHTS_WARNING_TAG] = info.warning
         mlflow.log_text(info.warning + "\n", "WARNING_random_init_weights.txt")
@@ -200,6 +203,16 @@ def log_dataset(info) -> None:
         for class_name, n in split.counts(info.class_names).items():
             metrics[f"dataset.{split_name}.{class_name}"] = n
     mlflow.log_metrics(metrics)
+
+
+def log_audit(result) -> None:
+    """A dataset audit (:mod:`deepfake.audit`): ``dataset/audit.csv``, ``audit.<property>_auc`` metrics and,
+    when a property alone separates the classes, the tag ``warning.shortcut``."""
+    log_table_csv(result.table, "dataset/audit.csv")
+    log_metrics({f"audit.{row.property}_auc": row.roc_auc for row in result.table.itertuples()
+                 if not math.isnan(row.roc_auc)})  # NaN: the property is not defined for both classes
+    if result.shortcuts:
+        mlflow.set_tag("warning.shortcut", ", ".join(result.shortcuts))
 
 
 def log_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None = None) -> None:

@@ -39,7 +39,7 @@ def test_hit_after_first_computation(tiny_split_dataset, tmp_path, counted):
     second = cache.get(model, info.splits["train"])
     assert counted == [16] and cache.hits == 1 and cache.misses == 0
     np.testing.assert_array_equal(first, second)
-    assert first.shape == (16, M.FEATURE_DIM)
+    assert first.shape == (16, M.backbone_spec(model).feature_dim)
 
 
 def test_cached_features_through_the_head_match_the_full_model(tiny_split_dataset, tmp_path):
