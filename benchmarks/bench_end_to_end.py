@@ -17,7 +17,6 @@ from pathlib import Path
 
 from common import DEFAULT_DATA, write
 
-REPO = Path(__file__).resolve().parents[1]
 HEAD_ONLY_SPACE = """params:
   train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
   model.dropout: {type: float, low: 0.0, high: 0.5}
@@ -58,7 +57,6 @@ def main() -> None:
     rows = []
     if not args.skip_suite:
         work = Path(tempfile.mkdtemp(prefix="bench-suite-"))
-        (work / "experiments").symlink_to(REPO / "experiments")
         rows.append({"job": "deepfake suite (= mlflow run . main), demo data", **run(["suite"], work)})
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
     (work / "space.yaml").write_text(HEAD_ONLY_SPACE)

@@ -67,7 +67,7 @@ def main() -> None:
         "`train.mixed_precision=auto` and `train.jit_compile=auto` pick the fastest *correct* row for the "
         "hardware found (deepfake/training.py: configure_runtime), logged as run tags runtime.*. On CPU that is "
         "float32 without XLA: mixed bfloat16 is 1.5-1.6x faster here, but the same demo training "
-        "(experiments/configs/demo.yaml, seed 42) reached test ROC-AUC 0.832 / accuracy 0.767 with it against "
+        "(the shipped demo config, seed 42) reached test ROC-AUC 0.832 / accuracy 0.767 with it against "
         "1.000 / 1.000 in float32, so bfloat16 stays opt-in (--set train.mixed_precision=bfloat16). "
         "XLA was 2-5x slower on this CPU."))
 

@@ -1,4 +1,4 @@
-"""deepfake: a ResNet50 deepfake image detector, tracked in MLflow and tuned with Optuna."""
+"""deepfake: a deepfake image detector on pretrained backbones, tracked in MLflow and tuned with Optuna."""
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,10 @@
 
 Resolution order (later wins): dataclass defaults, then each YAML file in turn, then
 command-line overrides. The resolved configuration is saved with every run.
+
+The shipped configurations and search spaces are package data in ``deepfake/experiments/``
+(``configs/*.yaml``, ``search_space*.yaml``), found by name wherever the command runs
+(:func:`find_file`).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -194,10 +199,46 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], name))
 
 
+SHIPPED = "experiments"  # package data folder: configs/*.yaml and search_space*.yaml
+CONFIGS = "configs"
+
+
+def shipped(*parts: str) -> resources.abc.Traversable:
+    """A file or folder shipped with the package, e.g. ``shipped("configs", "demo.yaml")``."""
+    item = resources.files("deepfake").joinpath(SHIPPED)
+    for part in filter(None, parts):
+        item = item.joinpath(part)
+    return item
+
+
+def shipped_names(folder: str = CONFIGS, prefix: str = "") -> list[str]:
+    """Names (without ``.yaml``) of the shipped YAML files in ``folder`` ("" for the search spaces)."""
+    return sorted(f.name[:-5] for f in shipped(folder).iterdir()
+                  if f.is_file() and f.name.endswith(".yaml") and f.name.startswith(prefix))
+
+
+def find_file(value: str | os.PathLike, folder: str = CONFIGS) -> Path | resources.abc.Traversable:
+    """The YAML file ``value`` names: the path itself when it exists (a path the user gives wins),
+    else the shipped file of that name in ``folder`` ("" for search spaces). A bare name
+    (``demo``, ``demo.yaml``) or a path in the repository's former ``experiments/`` layout
+    (``experiments/configs/demo.yaml``) finds the shipped file. Returns ``Path(value)`` when
+    nothing matches, for the caller's "no such file" error."""
+    path = Path(value).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    former = "/".join(p for p in (SHIPPED, folder) if p)
+    if path.parent.as_posix() in (".", former):
+        candidate = shipped(folder, path.name if path.suffix else f"{path.name}.yaml")
+        if candidate.is_file():
+            return candidate
+    return path
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+    path = find_file(path, CONFIGS)
     if not path.is_file():
-        raise DeepfakeError(f"config file {path} does not exist; pass a YAML file such as experiments/configs/demo.yaml")
+        raise DeepfakeError(f"config file {path} does not exist; give a YAML file or a shipped config: "
+                            + ", ".join(shipped_names(CONFIGS)))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -15,9 +15,11 @@ limits first, then a full decode); unreadable ones are skipped and reported, nev
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,9 +33,13 @@ from deepfake.errors import DeepfakeError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# The one list of image file extensions: dataset scans, ``deepfake predict`` folders and messages use it.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Pillow formats accepted (JPEG includes the multi-picture JPEGs, MPO, written by many cameras). Pillow
+# may only try these, so untrusted bytes never reach any other of its format parsers.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF"
 SPLITS = ("train", "val", "test")
-TF_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}  # what tf.io.decode_image reads
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 MIN_SIDE = 2
 AUTO_CACHE_BYTES = 1 << 30  # "auto" caches decoded images in memory below 1 GiB
@@ -90,9 +96,11 @@ class DatasetInfo:
         }
 
     def class_weights(self) -> dict[int, float]:
-        """'Balanced' weights from the training split: n / (2 * n_class)."""
+        """'Balanced' weights from the training split: n / (2 * n_class); none without one (evaluation)."""
         from sklearn.utils.class_weight import compute_class_weight
 
+        if "train" not in self.splits:
+            return {}
         labels = np.asarray(self.splits["train"].labels, dtype=int)
         classes = np.arange(len(self.class_names))
         weights = compute_class_weight("balanced", classes=classes, y=labels)
@@ -136,20 +144,15 @@ def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(raw)) as img:
-                fmt = img.format
+            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     return f"too large: {width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
                 if min(width, height) < MIN_SIDE:
                     return f"too small: {width}x{height} (need at least {MIN_SIDE} px per side)"
-                if fmt not in TF_FORMATS:
-                    return f"unsupported format {fmt}; convert to JPEG or PNG"
-                img.load()
-                if img.mode in ("CMYK", "YCbCr", "LAB") and fmt == "JPEG":
-                    return f"unsupported JPEG colour mode {img.mode}; convert to RGB"
+                img.load()  # CMYK and YCbCr JPEGs, palette, grayscale and alpha images are converted to RGB
     except UnidentifiedImageError:
-        return "not an image (cannot identify the format)"
+        return f"not an image in a supported format ({FORMAT_NAMES})"
     except Image.DecompressionBombError as exc:
         return f"too large: {exc}"
     except (OSError, SyntaxError, ValueError) as exc:
@@ -163,17 +166,32 @@ def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str |
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
+        return f"cannot read: {read_error(path, exc)}"
     return check_bytes(raw, max_pixels)
+
+
+def read_error(path: str | Path, exc: OSError) -> str:
+    """Why ``path`` could not be read, without repeating the path."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return "broken symlink (its target does not exist)"
+    return exc.strerror or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- scanning
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: str | Path) -> list[Path]:
+    """Every file under ``folder`` (recursive, sorted) with an image extension, hidden files aside.
+
+    Symlinks are kept as given (not replaced by their targets); broken symlinks and symlink loops
+    are kept too, so that reading them fails and they are listed as skipped instead of vanishing.
+    """
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        p for p in Path(folder).rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        and (p.is_file() or (p.is_symlink() and not p.is_dir()))
     )
 
 
@@ -193,7 +211,7 @@ def _collect(folder: Path, class_names: Sequence[str], where: str) -> tuple[list
             raise DeepfakeError(
                 f"{class_dir} is missing: every {where} needs one folder per class ({', '.join(class_names)})"
             )
-        files = _list_images(class_dir)
+        files = list_images(class_dir)
         if not files:
             raise DeepfakeError(
                 f"{class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or fix data.class_names"
@@ -235,13 +253,7 @@ def _check_all(paths: list[Path], progress: bool) -> dict[str, str]:
 
 def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, progress: bool = False) -> DatasetInfo:
     """Find and check every image; split if needed. Raises :class:`DeepfakeError` on bad layouts."""
-    if not cfg.path:
-        raise DeepfakeError("--data is required: the dataset folder (DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/)")
-    root = Path(cfg.path).expanduser()
-    if not root.exists():
-        raise DeepfakeError(f"data folder {root} does not exist; pass --data with an existing folder")
-    if not root.is_dir():
-        raise DeepfakeError(f"data path {root} is not a folder; pass --data with the dataset folder")
+    root = _dataset_root(cfg)
     names = list(cfg.class_names)
     notes: list[str] = []
     if (root / "train").is_dir():
@@ -255,18 +267,15 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
     elif all((root / n).is_dir() for n in names):
         layout = "unsplit"
         raw = {"all": _collect(root, names, f"dataset {root}")}
+    elif any((root / s).is_dir() for s in SPLITS):
+        raise DeepfakeError(
+            f"{root / 'train'} is missing: a dataset for training needs train/ and test/ (and optionally val/); "
+            "a dataset with only some of them can be evaluated (deepfake evaluate)"
+        )
     else:
         raise _layout_error(root, names)
 
-    skipped: list[SkippedFile] = []
-    if check_images:
-        all_paths = [p for paths, _ in raw.values() for p in paths]
-        bad = _check_all(all_paths, progress)
-        skipped = [SkippedFile(p, r) for p, r in sorted(bad.items())]
-        for key, (paths, labels) in raw.items():
-            kept = [(str(p), l) for p, l in zip(paths, labels) if str(p) not in bad]
-            raw[key] = ([p for p, _ in kept], [l for _, l in kept])
-    raw = {k: ([str(p) for p in v[0]], list(v[1])) for k, v in raw.items()}
+    raw, skipped = _check_collected(raw, check_images, progress)
 
     if layout == "unsplit":
         paths, labels = raw["all"]
@@ -283,28 +292,109 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
             notes.append(f"no val/ folder: {cfg.val_fraction:.0%} of train/ held out for validation (seed {seed})")
 
     splits = {name: Split(list(parts[name][0]), [int(l) for l in parts[name][1]]) for name in SPLITS}
-    for name, split in splits.items():
-        counts = split.counts(names)
-        missing = [n for n, c in counts.items() if c == 0]
-        if missing:
-            where = root / name if layout == "split" else root
-            raise DeepfakeError(
-                f"{where}: the {name} split has no readable '{missing[0]}' images (only one class); "
-                f"every split needs both {names[0]}/ and {names[1]}/ images"
-            )
+    _require_both_classes(splits, names, root, layout == "split")
     info = DatasetInfo(str(root), layout, names, splits, skipped, notes)
     if skipped:
         log.warning("skipped %d unreadable image(s); see the dataset report", len(skipped))
     return info
 
 
+def scan_evaluation_dataset(cfg: DataConfig, split: str = "auto", seed: int = 42,
+                            progress: bool = False) -> tuple[DatasetInfo, str]:
+    """The images ``deepfake evaluate`` uses, and the name of the split they form.
+
+    ``split="auto"`` evaluates a dataset that is only for evaluation whole: every image of an
+    unsplit folder (``DATA/{real,fake}/``), every image of the split folders present when there is
+    no ``train/`` (say only ``DATA/test/{real,fake}/``; named after the folder when there is one).
+    A training dataset (``DATA/train/`` present) gives its ``test`` split. ``train``, ``val`` or
+    ``test`` take that split exactly as training made it (an unsplit folder is split with ``seed``);
+    ``all`` takes every image found.
+    """
+    if split not in ("auto", "all", *SPLITS):
+        raise DeepfakeError(f"--split {split}: choose auto, all, train, val or test")
+    root = _dataset_root(cfg)
+    names = list(cfg.class_names)
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    unsplit = all((root / n).is_dir() for n in names) and "train" not in present
+    if unsplit:
+        present = []
+    elif not present:
+        raise _layout_error(root, names)
+    training_set = unsplit or "train" in present
+    if split == "auto":
+        split = "test" if "train" in present else (present[0] if len(present) == 1 else "all")
+    if split != "all" and training_set:
+        return scan_dataset(cfg, seed=seed, progress=progress), split
+    if split == "all":
+        folders = {s: root / s for s in present} if present else {"all": root}
+    elif split in present:
+        folders = {split: root / split}
+    else:
+        raise DeepfakeError(
+            f"{root / split} is missing: {root} holds {', '.join(s + '/' for s in present)}; "
+            f"pass --split {' or '.join(present)}, or --split all for every image"
+        )
+    raw = {key: _collect(folder, names, f"{'split folder' if key in SPLITS else 'dataset'} {folder}")
+           for key, folder in folders.items()}
+    raw, skipped = _check_collected(raw, True, progress)
+    paths = [p for ps, _ in raw.values() for p in ps]
+    labels = [int(l) for _, ls in raw.values() for l in ls]
+    chosen = {split: Split(paths, labels)}
+    layout = "unsplit" if unsplit else "split"
+    _require_both_classes(chosen, names, root, split in present)
+    where = ", ".join(f"{f}/" for f in folders) if present else " and ".join(f"{n}/" for n in names)
+    notes = [f"evaluation only: every image of {where}"]
+    info = DatasetInfo(str(root), layout, names, chosen, skipped, notes)
+    if skipped:
+        log.warning("skipped %d unreadable image(s); see the dataset report", len(skipped))
+    return info, split
+
+
+def _dataset_root(cfg: DataConfig) -> Path:
+    if not cfg.path:
+        raise DeepfakeError("--data is required: the dataset folder (DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/)")
+    root = Path(cfg.path).expanduser()
+    if not root.exists():
+        raise DeepfakeError(f"data folder {root} does not exist; pass --data with an existing folder")
+    if not root.is_dir():
+        raise DeepfakeError(f"data path {root} is not a folder; pass --data with the dataset folder")
+    return root
+
+
+def _check_collected(raw: dict[str, tuple[list, list]], check_images: bool, progress: bool):
+    """Drop unreadable files from every collected group: ``(raw with str paths, skipped files)``."""
+    skipped: list[SkippedFile] = []
+    if check_images:
+        all_paths = [p for paths, _ in raw.values() for p in paths]
+        bad = _check_all(all_paths, progress)
+        skipped = [SkippedFile(p, r) for p, r in sorted(bad.items())]
+        for key, (paths, labels) in raw.items():
+            kept = [(str(p), l) for p, l in zip(paths, labels) if str(p) not in bad]
+            raw[key] = ([p for p, _ in kept], [l for _, l in kept])
+    return {k: ([str(p) for p in v[0]], list(v[1])) for k, v in raw.items()}, skipped
+
+
+def _require_both_classes(splits: dict[str, Split], names: Sequence[str], root: Path, in_folders: bool) -> None:
+    """Every split needs both classes; ``in_folders``: each split is the folder ``root/<split>``."""
+    for name, split in splits.items():
+        counts = split.counts(names)
+        missing = [n for n, c in counts.items() if c == 0]
+        if missing:
+            where = root / name if in_folders else root
+            raise DeepfakeError(
+                f"{where}: the {name} split has no readable '{missing[0]}' images (only one class); "
+                f"every split needs both {names[0]}/ and {names[1]}/ images"
+            )
+
+
 # --------------------------------------------------------------------------- decoding
 
 
 def decode_image(contents, image_size: int):
-    """Encoded bytes (JPEG/PNG/BMP/GIF) -> float32 ``(S, S, 3)`` RGB in 0..255.
+    """Encoded bytes (JPEG/PNG/BMP/GIF by TensorFlow, WebP/TIFF by Pillow) -> float32 ``(S, S, 3)`` RGB in 0..255.
 
-    Grayscale and palette images become RGB, alpha is dropped, a GIF gives its first frame.
+    Grayscale, palette and CMYK images become RGB, alpha is dropped, a GIF, WebP or TIFF gives
+    its first frame.
     Large JPEGs are downscaled while decoding (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never
     below the target size), which is both faster and an antialiased downscale; what remains
     (less than 2x) is a bilinear resize. Used by training and inference alike, so both see
@@ -327,7 +417,15 @@ def decode_image(contents, image_size: int):
         img.set_shape([None, None, 3])
         return img
 
-    img = tf.cond(is_jpeg, jpeg, other)
+    def pillow():
+        img = tf.numpy_function(decode_with_pillow, [contents], tf.uint8, stateful=False)
+        img.set_shape([None, None, 3])
+        return img
+
+    head = tf.strings.substr(contents, 0, 4)
+    tf_reads = tf.reduce_any([tf.equal(head, b"\x89PNG"), tf.equal(head, b"GIF8"),
+                              tf.equal(tf.strings.substr(contents, 0, 2), b"BM")])
+    img = tf.cond(is_jpeg, jpeg, lambda: tf.cond(tf_reads, other, pillow))
     img.set_shape([None, None, 3])
     size = tf.shape(img)[:2]
     big = tf.reduce_max(size) > 2 * image_size  # only non-JPEGs get here: antialias their large downscales
@@ -342,6 +440,17 @@ def decode_image(contents, image_size: int):
     )
     img = tf.ensure_shape(img, [image_size, image_size, 3])
     return tf.clip_by_value(img, 0.0, 255.0)
+
+
+def decode_with_pillow(contents: bytes) -> np.ndarray:
+    """Encoded bytes of a format TensorFlow cannot read (WebP, TIFF) -> uint8 ``(H, W, 3)`` RGB, first frame."""
+    from PIL import Image
+
+    raw = contents.item() if isinstance(contents, np.ndarray) else bytes(contents)  # tf.numpy_function passes a numpy scalar
+    with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
+        if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
+            return np.repeat((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def load_image(path: str | Path, image_size: int) -> np.ndarray:

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import io
 import json
+import os
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
-from deepfake import backbones
+from deepfake import atomic, backbones
 from deepfake.errors import DeepfakeError
 
 KERAS_FILE = "model.keras"
@@ -44,47 +49,142 @@ class ModelMeta:
         return cls(**known)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2))
-        return path
+        return atomic.write_text(path, json.dumps(asdict(self), indent=2))
 
 
 def save_detector(model, meta: ModelMeta, out_dir: str | Path) -> Path:
-    """Write ``model.keras`` and ``model.meta.json`` into ``out_dir``; return the folder."""
+    """Write ``model.keras`` and ``model.meta.json`` into ``out_dir`` (each atomically); return the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / KERAS_FILE)
+    atomic.remove_stale_temporaries(out)
+    atomic.save_model(model, out / KERAS_FILE)
     meta.save(out / META_FILE)
     return out
 
 
-def _as_bytes(value: Any) -> bytes:
-    """A path, raw encoded bytes or a base64 string -> encoded image bytes."""
+PATH_ROOT_ENV = "DEEPFAKE_SERVE_PATH_ROOT"  # the folder a served model may read image paths from
+PATHS_REFUSED = ("not a base64-encoded image; send image bytes or base64 (this model does not read file paths; "
+                 "see 'Using a detector' in the README)")
+PATH_UNREADABLE = ("not a base64-encoded image, nor a readable file inside the folder this model may read "
+                   f"paths from ({PATH_ROOT_ENV})")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+PathAccess = Union[bool, Path]  # True: any path; False: none; a folder: only files inside it
+
+
+def path_access(allow_paths: bool = False, root: str | Path | None = None) -> PathAccess:
+    """What a model may read file paths from: only inside ``root`` when one is named (symlinks
+    resolved), else anywhere (``allow_paths``), else nowhere (the default)."""
+    if not root:
+        return bool(allow_paths)
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DeepfakeError(f"{PATH_ROOT_ENV} / path_root {root}: no such folder; set it to the folder the "
+                            "model may read images from, or unset it to accept image bytes and base64 only")
+    return folder.resolve()
+
+
+def _decode_base64(text: str) -> bytes | None:
+    """The bytes a base64 (standard or URL-safe, padding optional, line breaks allowed) string
+    encodes, or ``None`` if it is not base64."""
+    compact = "".join(text.split())
+    if len(compact) % 4 == 1:
+        return None
+    padded = compact + "=" * (-len(compact) % 4)
+    try:
+        if _BASE64.fullmatch(padded):
+            return base64.b64decode(padded, validate=True)
+        if _BASE64_URLSAFE.fullmatch(padded):
+            return base64.urlsafe_b64decode(padded)
+    except (binascii.Error, ValueError):
+        return None
+    return None
+
+
+def _is_image(raw: bytes) -> bool:
+    """Pillow identifies ``raw`` as one of the accepted image formats (header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from deepfake.data import IMAGE_FORMATS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS):
+                return True
+    except UnidentifiedImageError:
+        return False
+    except Exception:  # an image format with a damaged or oversized header: the checks say why
+        return True
+
+
+def _read_path(text: str, access: PathAccess) -> bytes:
+    """A file's bytes, as far as ``access`` allows; errors never repeat the path."""
+    from deepfake.data import read_error
+
+    if access is True:
+        try:
+            path = Path(text).expanduser()
+            return path.read_bytes()
+        except IsADirectoryError:
+            raise ValueError("a folder, not an image file") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG) and not os.path.islink(path):
+                raise ValueError("no such file (and not base64)") from None
+            raise ValueError(f"cannot read file: {read_error(path, exc)}") from None
+        except (RuntimeError, ValueError):  # "~nobody/x.jpg", an embedded NUL character
+            raise ValueError("no such file (and not base64)") from None
+    # Inside the allowed folder only, and one answer for every refusal: a client learns nothing
+    # about which paths exist on the server.
+    try:
+        resolved = (access / text).resolve(strict=True)  # an absolute text replaces the folder
+        if not resolved.is_relative_to(access) or not resolved.is_file():
+            raise ValueError
+        return resolved.read_bytes()
+    except (OSError, RuntimeError, ValueError):
+        raise ValueError(PATH_UNREADABLE) from None
+
+
+def _as_bytes(value: Any, access: PathAccess = True) -> bytes:
+    """Raw encoded bytes, a base64 string (or data URL) or, as ``access`` allows, a file path ->
+    encoded image bytes. What is plainly a base64 image is decoded without touching the
+    filesystem; errors never repeat the input."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if not isinstance(value, str):
-        raise ValueError(f"unsupported input type {type(value).__name__}; give a path, bytes or base64 string")
+        raise ValueError(f"unsupported input type {type(value).__name__}; give image bytes or a base64 string"
+                         + (" or a file path" if access is not False else ""))
     text = value.strip()
     if not text:
         raise ValueError("empty input")
-    if len(text) < 4096 and Path(text).expanduser().is_file():
-        return Path(text).expanduser().read_bytes()
     if text.startswith("data:") and "," in text:  # data URL
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        if len(text) < 4096 and ("/" in text or "." in text):
-            raise ValueError(f"no such file: {text}") from None
-        raise ValueError("not a file path and not valid base64") from None
+        decoded = _decode_base64(text.split(",", 1)[1])
+        if decoded is None:
+            raise ValueError("a data URL whose data is not valid base64")
+        return decoded
+    decoded = _decode_base64(text)
+    if decoded is not None and _is_image(decoded):
+        return decoded
+    if access is not False:
+        return _read_path(text, access)
+    if decoded is not None:
+        return decoded  # base64, but not of an image: the image checks say so
+    raise ValueError(PATHS_REFUSED)
 
 
 class Predictor:
-    """A loaded detector: ``predict_*`` methods return fake probabilities and labels."""
+    """A loaded detector: ``predict_*`` methods return fake probabilities and labels.
 
-    def __init__(self, keras_model, meta: ModelMeta):
+    ``paths`` is what string inputs may name as files (:func:`path_access`): anywhere by default
+    (the command line, the user's own process); the pyfunc of a served model sets it to none,
+    or to one folder when the operator allows it.
+    """
+
+    def __init__(self, keras_model, meta: ModelMeta, paths: PathAccess = True):
         self.model = keras_model
         self.meta = meta
+        self.paths = paths
 
     @classmethod
     def from_files(cls, keras_path: str | Path, meta_path: str | Path) -> "Predictor":
@@ -125,10 +225,11 @@ class Predictor:
         return apply_temperature(np.asarray(raw, dtype="float64").reshape(-1), self.meta.temperature)
 
     def decode(self, value: Any) -> np.ndarray:
-        """One input (path, bytes or base64) -> ``(S, S, 3)`` float32 pixels; raises ValueError."""
+        """One input (bytes, base64 or, as ``self.paths`` allows, a path) -> ``(S, S, 3)`` float32
+        pixels; raises ValueError."""
         from deepfake.data import check_bytes, decode_image
 
-        raw = _as_bytes(value)
+        raw = _as_bytes(value, self.paths)
         problem = check_bytes(raw)
         if problem:
             raise ValueError(problem)
@@ -138,12 +239,13 @@ class Predictor:
             raise ValueError(f"cannot decode image: {str(exc).splitlines()[0][:120]}") from None
 
     def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
-        """Any mix of paths/bytes/base64 -> one dict per input; bad inputs get ``error``."""
+        """Any mix of paths/bytes/base64 -> one dict per input; bad inputs get ``error`` and a
+        ``fake_probability`` of ``None`` (JSON null, never NaN)."""
         rows: list[dict[str, Any]] = []
         for start in range(0, len(values), batch_size):
             chunk = values[start : start + batch_size]
             images, good = [], []
-            out = [{"fake_probability": float("nan"), "label": None, "error": None} for _ in chunk]
+            out = [{"fake_probability": None, "label": None, "error": None} for _ in chunk]
             for i, value in enumerate(chunk):
                 try:
                     images.append(self.decode(value))
@@ -166,7 +268,7 @@ class Predictor:
                 if len(frame.columns) == 1:
                     values = frame.iloc[:, 0].tolist()
                 else:
-                    raise DeepfakeError("input needs an 'image' column (file paths, bytes or base64 strings)")
+                    raise DeepfakeError("input needs an 'image' column (image bytes or base64 strings)")
             else:
                 values = frame["image"].tolist()
         elif isinstance(frame, dict) and "image" in frame:
@@ -176,7 +278,8 @@ class Predictor:
         rows = self.predict_values(values)
         return pd.DataFrame(
             {
-                "fake_probability": [r["fake_probability"] for r in rows],
+                # object dtype keeps None for error rows: served as JSON null (a float column would give NaN)
+                "fake_probability": pd.Series([r["fake_probability"] for r in rows], dtype=object),
                 "label": [r["label"] or "" for r in rows],
                 "error": [r["error"] or "" for r in rows],
             }
@@ -231,27 +334,40 @@ def pip_requirements() -> list[str]:
 
 
 def iter_image_files(paths: Iterable[str]) -> list[Path]:
-    """Files, folders (recursive) and globs -> image files, sorted, de-duplicated."""
+    """Files, folders (recursive, image extensions only) and globs -> image files, sorted.
+
+    A file reached twice (the same path given twice, or a symlink and its target) is listed once,
+    under the name of the real file when that was given, otherwise as first given; symlinks are
+    never replaced by their targets. Broken symlinks and symlink loops are listed, so that the
+    caller reports them as unreadable instead of leaving them out.
+    """
     import glob
 
-    from deepfake.data import IMAGE_EXTENSIONS
+    from deepfake.data import list_images
+
+    def listable(f: Path) -> bool:
+        return f.is_file() or (f.is_symlink() and not f.is_dir())
 
     found: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            found.extend(f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
+            found.extend(list_images(p))
+        elif listable(p):
             found.append(p)
         else:
             matches = sorted(glob.glob(str(p), recursive=True))
             if not matches:
                 raise DeepfakeError(f"{raw}: no such file, folder or matching glob")
-            found.extend(Path(m) for m in matches if Path(m).is_file())
-    seen, unique = set(), []
+            found.extend(Path(m) for m in matches if listable(Path(m)))
+    groups: dict[str, list[Path]] = {}
     for f in found:
-        key = f.resolve()
-        if key not in seen:
+        groups.setdefault(os.path.realpath(f), []).append(f)  # realpath never raises, even for loops
+    chosen = {key: next((f for f in group if not f.is_symlink()), group[0]) for key, group in groups.items()}
+    unique, seen = [], set()
+    for f in found:
+        key = os.path.realpath(f)
+        if f == chosen[key] and key not in seen:
             seen.add(key)
             unique.append(f)
     return unique

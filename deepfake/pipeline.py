@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from deepfake import data as D
 from deepfake import metrics as MET
@@ -92,8 +92,13 @@ def run(
     tags: dict[str, str] | None = None,
     verbose: int = 2,
     echo=print,
+    on_run_start: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train and evaluate one model as one MLflow run (resumed when ``resume`` finds a checkpoint)."""
+    """Train and evaluate one model as one MLflow run (resumed when ``resume`` finds a checkpoint).
+
+    ``on_run_start`` is called with the run id as soon as the run exists (a tuning trial records it, so
+    that the run of a killed trial can be found and ended).
+    """
     started = time.time()
     info = dataset or prepare_dataset(cfg, echo, progress=verbose > 0)
     out_dir = Path(cfg.train.output_dir)
@@ -105,6 +110,8 @@ def run(
     with tracking.start_run(run_name or cfg.tracking.run_name, run_id=run_id, parent_run_id=parent_run_id,
                             tags=tags) as mlrun:
         run_id = mlrun.info.run_id
+        if on_run_start is not None:
+            on_run_start(run_id)
         if previous is None:
             tracking.log_config(cfg)
             tracking.log_dataset(info)
@@ -216,10 +223,35 @@ def register_and_promote(
 
     Both models are evaluated on the same test split; the comparison is printed and recorded
     as tags on the new version (and returned, for the caller to log on its run).
+
+    Idempotent per run: a run already registered keeps its version, and its recorded comparison
+    is returned without comparing again (unless ``force``). A registration interrupted before its
+    comparison was recorded is completed.
     """
     name = cfg.tracking.registered_model
     version = tracking.register_model(model_uri, name, tags=version_tags)
+    tags = tracking.version_info(name, version)["tags"]
+    if COMPARISON_DONE in tags and not force:
+        record = _recorded_comparison(name, tags)
+        verdict = "promoted to @champion" if record["promoted"] else "not promoted"
+        echo(f"{name} v{version}: already registered for this run ({verdict}: {record.get('reason')}); nothing to do")
+        return record
     return promote(name, version, info, out_dir=out_dir, force=force, echo=echo)
+
+
+COMPARISON_DONE = "comparison.reason"  # promote() writes this version tag last: the comparison is complete
+
+
+def _recorded_comparison(name: str, tags: dict[str, str]) -> dict[str, Any]:
+    """The comparison record that :func:`promote` stored as ``comparison.*`` version tags."""
+    record: dict[str, Any] = {"name": name}
+    record |= {k[len("comparison."):]: v for k, v in tags.items() if k.startswith("comparison.")}
+    record["promoted"] = record.get("promoted") == "True"
+    record["champion_version"] = None if record.get("champion_version") in (None, "None") else record["champion_version"]
+    for key in ("challenger_test_roc_auc", "champion_test_roc_auc"):
+        if key in record:
+            record[key] = float(record[key])
+    return record
 
 
 def promote(name: str, version: str, info: D.DatasetInfo, *, out_dir: str | Path = "outputs/registry",
@@ -243,6 +275,8 @@ def promote(name: str, version: str, info: D.DatasetInfo, *, out_dir: str | Path
     if promoted:
         tracking.set_alias(name, version)
     record.update(promoted=promoted, reason=reason)
+    # The alias first, then the tags, "reason" (COMPARISON_DONE) last: a kill in between leaves the version
+    # without a complete comparison, and the next registration of the run completes it.
     tracking.set_version_tags(name, version, {f"comparison.{k}": v for k, v in record.items() if k != "name"})
     verdict = "promoted to @champion" if promoted else "not promoted; champion stays"
     echo(f"{name} v{version}: {verdict} ({reason})")

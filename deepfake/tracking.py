@@ -59,6 +59,50 @@ def claim_project_run() -> str | None:
     return run_id
 
 
+# MLflow's HTTP client retries with exponential backoff (0, 2, 4, 8, 16, 32 s): a tracking server that is
+# down for up to about a minute (a restart) is ridden out. The start-up check uses few retries, so that a
+# wrong --tracking-uri fails within seconds; cleaning up after an outage uses none.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+HTTP_NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block (MLflow reads its HTTP settings per request)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """One line naming the tracking store when ``exc`` (or an error behind it) means it cannot be reached
+    (connection refused or timed out, retries exhausted); None for any other error."""
+    import requests
+    import sqlalchemy.exc
+
+    network = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+               requests.exceptions.RetryError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, network):
+            return (f"--tracking-uri {mlflow.get_tracking_uri()}: the MLflow tracking store cannot be reached "
+                    f"({first_line(error, 160)})")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
 def setup(tracking: TrackingConfig) -> str:
     """Point MLflow at the tracking URI and experiment; fail fast with a one-line error.
 
@@ -66,17 +110,19 @@ def setup(tracking: TrackingConfig) -> str:
     """
     project_run = os.environ.pop("MLFLOW_RUN_ID", None)  # else every start_run() would resume it
     uri = default_tracking_uri(tracking.tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    http = uri.startswith(("http://", "https://"))
+    if http:  # ride out short server outages (the user's own MLFLOW_HTTP_REQUEST_* settings win)
+        for key, value in HTTP_RETRIES.items():
+            os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
     try:
-        if project_run:
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-            mlflow.set_experiment(experiment_id=mlflow.get_run(project_run).info.experiment_id)
-            _project_run["id"] = project_run
-        else:
-            mlflow.set_experiment(tracking.experiment)
+        with _environment(HTTP_PROBE if http else {}):  # but a wrong URL fails within seconds
+            if project_run:
+                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+                mlflow.set_experiment(experiment_id=mlflow.get_run(project_run).info.experiment_id)
+                _project_run["id"] = project_run
+            else:
+                mlflow.set_experiment(tracking.experiment)
     except Exception as exc:
         first = first_line(exc)
         raise DeepfakeError(
@@ -104,6 +150,7 @@ def start_run(
     run = mlflow.start_run(run_id=run_id, run_name=run_name if run_id is None else None,
                            parent_run_id=parent_run_id, tags=tags)
     status = "FINISHED"
+    outage = False
     try:
         yield run
     except KeyboardInterrupt:
@@ -113,12 +160,21 @@ def start_run(
     except BaseException as exc:
         state = getattr(exc, "run_state", "FAILED")
         status = "KILLED" if state == "PRUNED" else "FAILED"
-        mlflow.set_tag("state", state)
-        if state == "FAILED":
-            mlflow.set_tag("error", f"{type(exc).__name__}: {str(exc)[:500]}")
+        outage = unreachable(exc) is not None
+        if not outage:  # with the store unreachable these would only wait out the same retries again
+            mlflow.set_tag("state", state)
+            if state == "FAILED":
+                mlflow.set_tag("error", f"{type(exc).__name__}: {str(exc)[:500]}")
         raise
     finally:
-        mlflow.end_run(status=status)
+        if outage:  # one attempt; a run left RUNNING is ended as FAILED by the next tuning worker
+            try:
+                with _environment(HTTP_NO_RETRIES):
+                    mlflow.end_run(status=status)
+            except Exception as exc:
+                log.warning("could not end MLflow run %s (%s)", run.info.run_id, first_line(exc))
+        else:
+            mlflow.end_run(status=status)
 
 
 def create_run(run_name: str, tags: dict[str, str] | None = None) -> str:
@@ -134,6 +190,35 @@ def create_run(run_name: str, tags: dict[str, str] | None = None) -> str:
 
 def delete_run(run_id: str) -> None:
     mlflow.MlflowClient().delete_run(run_id)
+
+
+def fail_run(run_id: str, reason: str) -> bool:
+    """End a run as FAILED with ``state=FAILED`` and the reason in its ``error`` tag (an existing ``error``
+    is kept). For runs a stopped worker left RUNNING, or that finished although their trial failed. Runs
+    already FAILED or KILLED, and deleted runs, are left alone; returns whether the run was changed."""
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    if run.info.status in ("FAILED", "KILLED") or run.info.lifecycle_stage == "deleted":
+        return False
+    if "error" not in run.data.tags:
+        client.set_tag(run_id, "error", reason[:500])
+    client.set_tag(run_id, "state", "FAILED")
+    client.set_terminated(run_id, status="FAILED")
+    return True
+
+
+def running_child_runs(parent_run_id: str) -> dict[str, dict[str, str]]:
+    """Runs nested under ``parent_run_id`` whose status is still RUNNING: ``{run_id: tags}``."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment], max_results=5000,
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    return {run.info.run_id: dict(run.data.tags) for run in runs}
 
 
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
@@ -260,19 +345,37 @@ class EpochLogger(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- models
 
 
+# Set by MLflow's scoring server (`mlflow models serve`, and the images `mlflow models build-docker` makes).
+SCORING_SERVER_ENV = "__pyfunc_model_path__"
+SERVING_FLAG_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
+
+
 class DeepfakePyfunc(mlflow.pyfunc.PythonModel):
     """The registered detector as an MLflow pyfunc.
 
-    Input: a DataFrame with an ``image`` column of file paths, raw encoded bytes or base64
-    strings (any mix). Output: ``fake_probability``, ``label`` (at the threshold stored with
-    the model) and ``error`` (empty when the row was answered). Decoding and resizing are the
-    training pipeline's own (:func:`deepfake.data.decode_image`).
+    Input: a DataFrame with an ``image`` column of raw encoded bytes or base64 strings (any mix).
+    Output: ``fake_probability`` (``None`` when the row could not be answered), ``label`` (at the
+    threshold stored with the model) and ``error`` (empty when the row was answered). Decoding and
+    resizing are the training pipeline's own (:func:`deepfake.data.decode_image`).
+
+    File paths are read in one's own process (``mlflow.pyfunc.load_model``), never for a client of
+    a served model: in a process started by ``mlflow models serve`` (MLflow's scoring server, which
+    sets ``__pyfunc_model_path__`` before it loads the model) paths are refused unless the operator
+    names a folder (``path_root`` in the model config or the ``DEEPFAKE_SERVE_PATH_ROOT`` environment
+    variable; only files inside it). ``model_config={"allow_paths": False}`` refuses them locally too.
+    Predict-time ``params`` cannot enable it.
     """
 
     def load_context(self, context) -> None:
-        from deepfake.inference import Predictor
+        import os
 
+        from deepfake.inference import PATH_ROOT_ENV, Predictor, path_access
+
+        config = getattr(context, "model_config", None) or {}
+        served = bool(os.environ.get(SCORING_SERVER_ENV) or os.environ.get(SERVING_FLAG_ENV))
         self.predictor = Predictor.from_files(context.artifacts["keras_model"], context.artifacts["meta"])
+        self.predictor.paths = path_access(allow_paths=config.get("allow_paths", not served) is True,
+                                           root=config.get("path_root") or os.environ.get(PATH_ROOT_ENV))
 
     def predict(self, context, model_input, params=None):
         return self.predictor.predict_frame(model_input)
@@ -295,6 +398,8 @@ def log_model(model_dir: str | Path, input_example=None, registered_model_name: 
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,
         python_model=DeepfakePyfunc(),
+        # Safe defaults: no file paths. Whoever loads the model may override them (see DeepfakePyfunc).
+        model_config={"allow_paths": False, "path_root": ""},
         code_paths=[str(Path(inference.__file__).parent)],
         artifacts=artifacts,
         signature=signature,
@@ -356,10 +461,45 @@ def is_model_uri(ref: str) -> bool:
     return ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "dbfs:/"))
 
 
-def register_model(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> str:
-    """Register ``model_uri`` as a new version of ``name``; return the version number."""
+def model_run_id(model_uri: str) -> str | None:
+    """The run that logged ``model_uri`` (``runs:/<run_id>/...`` or a logged model ``models:/m-...``)."""
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].split("/", 1)[0]
+    if model_uri.startswith("models:/m-"):
+        try:
+            return mlflow.get_logged_model(model_uri[len("models:/"):].split("/", 1)[0]).source_run_id
+        except mlflow.exceptions.MlflowException:
+            return None
+    return None
+
+
+def find_version(name: str, model_uri: str) -> str | None:
+    """The version of registered model ``name`` already registered from the run that logged ``model_uri``."""
+    run_id = model_run_id(model_uri)
+    if not run_id:
+        return None
     try:
-        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return str(min(int(v.version) for v in versions)) if versions else None
+
+
+def register_model(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> str:
+    """Register ``model_uri`` as a version of ``name``; return the version number.
+
+    Idempotent per run: when the run that logged the model already has a version of ``name`` (a study or
+    ``deepfake register`` run again, or a registration that was interrupted), that version is returned and
+    only the tags it lacks are added.
+    """
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    existing = find_version(name, model_uri)
+    if existing is not None:
+        present = version_info(name, existing)["tags"]
+        set_version_tags(name, existing, {k: v for k, v in tags.items() if k not in present})
+        return existing
+    try:
+        mv = mlflow.register_model(model_uri, name, tags=tags)
     except Exception as exc:
         first = first_line(exc)
         raise DeepfakeError(f"could not register {model_uri} as '{name}': {first}") from None

@@ -6,6 +6,9 @@ rate, continuing the epoch count (``initial_epoch``) so per-epoch metrics and pr
 steps run on one axis. Both phases use EarlyStopping and keep the best model so far in
 ``checkpoints/best.keras``. After every epoch ``checkpoints/last.keras`` and
 ``checkpoints/state.json`` are written, so ``resume=True`` continues where a killed run stopped.
+Every checkpoint is written atomically (:mod:`deepfake.atomic`): a kill or a full disk leaves the
+previous files whole. Should ``last.keras`` still be missing or unreadable, resuming falls back to
+``best.keras`` with a warning and trains the epochs after it again.
 
 This module knows nothing of MLflow or Optuna: trackers and pruners come in as Keras callbacks.
 """
@@ -22,6 +25,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
+from deepfake import atomic
 from deepfake import model as M
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 BEST_FILE = "best.keras"
 LAST_FILE = "last.keras"
+RESUME_HINT = "the previous checkpoints there are intact: free space, then run again (deepfake train: with --resume)"
 
 
 def set_seeds(seed: int) -> None:
@@ -117,20 +122,28 @@ class _Checkpoints(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         best = self.state.get("best")
         if value is not None and (best is None or self.sign * value > self.sign * best):
-            self.state["best"] = float(value)
             if not self.defer_saves:
-                model.save(self.ckpt_dir / BEST_FILE)
+                save_checkpoint(model, self.ckpt_dir / BEST_FILE)
+            # best.keras and the state's best value change together (epochs_done follows last.keras).
+            self.state.update(best=float(value), best_epoch=epoch + 1)
+            if not self.defer_saves:
+                write_state(self.ckpt_dir, self.state)
         if self.defer_saves:
             return
+        save_checkpoint(model, self.ckpt_dir / LAST_FILE)
         self.state.update(phase=self.phase, epochs_done=epoch + 1)
-        model.save(self.ckpt_dir / LAST_FILE)
         write_state(self.ckpt_dir, self.state)
 
 
+def save_checkpoint(model: keras.Model, path: Path) -> None:
+    """Save a model checkpoint atomically; a full disk is a one-line :class:`~deepfake.atomic.DiskFullError`
+    (size estimated from the checkpoints already there) and leaves the previous checkpoint whole."""
+    sizes = [p.stat().st_size for p in (path, path.with_name(LAST_FILE), path.with_name(BEST_FILE)) if p.is_file()]
+    atomic.save_model(model, path, needed=max(sizes, default=None), hint=RESUME_HINT)
+
+
 def write_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
-    tmp = ckpt_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(ckpt_dir / STATE_FILE)  # atomic: a kill never leaves half a state file
+    atomic.write_text(ckpt_dir / STATE_FILE, json.dumps(state, indent=2), hint=RESUME_HINT)
 
 
 def read_state(ckpt_dir: str | Path) -> dict[str, Any] | None:
@@ -188,18 +201,20 @@ def train(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
 
+    atomic.remove_stale_temporaries(ckpt_dir)  # left by a writer that was killed mid-save
     state = read_state(ckpt_dir) if resume else None
     weights_info = None
     resumed_from = 0
-    if state and (ckpt_dir / LAST_FILE).is_file():
-        resumed_from = int(state.get("epochs_done", 0))
+    if state and ((ckpt_dir / LAST_FILE).is_file() or int(state.get("epochs_done", 0)) > 0):
         if state.get("finished"):
+            resumed_from = int(state.get("epochs_done", 0))
             log.info("checkpoint in %s is already finished; loading its best model", ckpt_dir)
             model = M.load_keras_model(ckpt_dir / BEST_FILE)
             return TrainResult(model, state["history"], state.get("phase_boundary", 0), ckpt_dir / BEST_FILE,
                                ckpt_dir, None, runtime, resumed_from)
+        model, state = _resume_point(ckpt_dir, state, t.monitor)
+        resumed_from = int(state["epochs_done"])
         log.info("resuming from %s (phase %s, %d epochs done)", ckpt_dir, state["phase"], resumed_from)
-        model = M.load_keras_model(ckpt_dir / LAST_FILE)
     else:
         if resume:
             log.info("nothing to resume in %s; starting a new training run", ckpt_dir)
@@ -234,8 +249,8 @@ def train(
                 verbose=verbose,
             )
             # EarlyStopping restored the head's best epoch: save the detector once, as best and last.
-            model.save(ckpt_dir / BEST_FILE)
-            model.save(ckpt_dir / LAST_FILE)
+            save_checkpoint(model, ckpt_dir / BEST_FILE)
+            save_checkpoint(model, ckpt_dir / LAST_FILE)
             state["epochs_done"] = len(state["history"].get("loss", []))  # phase-1 epochs run (early stop too)
             write_state(ckpt_dir, state)
         else:
@@ -275,6 +290,77 @@ def train(
     write_state(ckpt_dir, state)
     return TrainResult(model, state["history"], boundary, ckpt_dir / BEST_FILE, ckpt_dir, weights_info,
                        runtime, resumed_from)
+
+
+def _resume_point(ckpt_dir: Path, state: dict[str, Any], monitor: str) -> tuple[keras.Model, dict[str, Any]]:
+    """The model to continue from and its matching state.
+
+    Normally ``last.keras`` and ``state.json`` as they are. When ``last.keras`` is missing or
+    unreadable (say, truncated by a kill in an older version), ``best.keras`` with the state of
+    its epoch, with a warning: the epochs after the best one are trained again.
+    """
+    last, best = ckpt_dir / LAST_FILE, ckpt_dir / BEST_FILE
+    try:
+        model = M.load_keras_model(last)
+    except DeepfakeError as exc:
+        problem = str(exc) if last.is_file() else f"checkpoint {last} is missing"
+    else:
+        state = _truncated(state, int(state.get("epochs_done", 0)))
+        _repair_best(model, ckpt_dir, state, monitor)
+        return model, state
+    try:
+        model = M.load_keras_model(best)
+    except DeepfakeError as exc:
+        raise DeepfakeError(f"cannot resume from {ckpt_dir}: {problem}, and {exc}; "
+                            f"run without --resume to start afresh") from None
+    phase, done = _best_point(state, monitor)
+    log.warning("%s; resuming from %s instead (phase %d, %d epochs done instead of %d): the epochs after it "
+                "are trained again", problem, best, phase, done, int(state.get("epochs_done", 0)))
+    state = _truncated(state, done)
+    state.update(phase=phase, epochs_done=done)
+    atomic.copy_file(best, last, hint=RESUME_HINT)  # last.keras matches state.json again
+    write_state(ckpt_dir, state)
+    return model, state
+
+
+def _truncated(state: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """``state`` with the per-epoch history cut to ``epochs`` entries (it may run one epoch ahead of
+    ``last.keras`` when a run stopped between saving ``best.keras`` and ``last.keras``)."""
+    return {**state, "history": {k: v[:epochs] for k, v in state.get("history", {}).items()}}
+
+
+def _best_point(state: dict[str, Any], monitor: str) -> tuple[int, int]:
+    """(phase, epochs done) that ``best.keras`` corresponds to."""
+    done = state.get("best_epoch")
+    if done is None:  # a state written before best_epoch was recorded: the first best value in the history
+        values = state.get("history", {}).get(monitor, [])
+        sign = -1.0 if "loss" in monitor else 1.0
+        done = 1 + max(range(len(values)), key=lambda i: sign * values[i]) if values else 0
+    boundary = state.get("phase_boundary")
+    if boundary is None:
+        return 1, int(done)
+    # Phase 2 starts from the best weights of phase 1, which is what best.keras holds then.
+    return 2, max(int(done), int(boundary))
+
+
+def _repair_best(model: keras.Model, ckpt_dir: Path, state: dict[str, Any], monitor: str) -> None:
+    """A missing or damaged ``best.keras`` (beside a good ``last.keras``) is replaced by the last model."""
+    import zipfile
+
+    best = ckpt_dir / BEST_FILE
+    try:
+        with zipfile.ZipFile(best) as archive:
+            if archive.testzip() is None:
+                return
+    except (OSError, zipfile.BadZipFile):
+        pass
+    done = int(state.get("epochs_done", 0))
+    log.warning("checkpoint %s is missing or damaged; the last checkpoint (epoch %d) becomes the best so far",
+                best, done)
+    save_checkpoint(model, best)
+    values = state.get("history", {}).get(monitor, [])
+    state.update(best=values[done - 1] if 0 < done <= len(values) else None, best_epoch=done)
+    write_state(ckpt_dir, state)
 
 
 def _restore_best(model: keras.Model, ckpt_dir: Path) -> None:

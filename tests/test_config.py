@@ -1,13 +1,9 @@
 """Configuration: defaults <- YAML <- named options <- --set, with clear errors."""
 
-from pathlib import Path
-
 import pytest
 
 from deepfake import config as C
 from deepfake.errors import DeepfakeError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_valid():
@@ -68,9 +64,9 @@ def test_resolved_config_round_trips(tmp_path):
     assert flat["train.epochs"] == 3 and flat["data.augment.flip"] is True
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.yaml")))
-def test_shipped_configs_are_valid(path):
-    C.resolve([path])
+@pytest.mark.parametrize("name", C.shipped_names())
+def test_shipped_configs_are_valid(name):
+    C.resolve([C.shipped("configs", f"{name}.yaml")])
 
 
 def test_default_tracking_uri(monkeypatch):

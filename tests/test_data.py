@@ -29,6 +29,9 @@ def write_image(path, mode="RGB", size=(20, 16), fmt=None):
         img = img.convert("RGBA")
     elif mode == "P":
         img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode != "RGB":
+        img = img.convert(mode)  # CMYK ...
+    assert img.mode == mode
     img.save(path, format=fmt)
     return path
 
@@ -87,6 +90,40 @@ def test_missing_val_folder_is_carved_from_train(tiny_split_dataset, tmp_path):
     info = D.scan_dataset(dcfg(root, "data.val_fraction=0.25"))
     assert len(info.splits["val"]) == 4 and len(info.splits["train"]) == 12
     assert any("no val/" in n for n in info.notes)
+
+
+# ----------------------------------------------------------------------------- evaluation-only datasets
+
+
+def test_evaluation_scan_takes_a_held_out_dataset_whole(tiny_unsplit_dataset, tiny_split_dataset, tmp_path):
+    # An unsplit folder: every image, not its 15 % "test split".
+    info, split = D.scan_evaluation_dataset(dcfg(tiny_unsplit_dataset))
+    assert split == "all" and list(info.splits) == ["all"]
+    assert len(info.splits["all"]) == 40 and info.splits["all"].counts(["real", "fake"]) == {"real": 20, "fake": 20}
+    assert "total" in info.report() and info.summary()["totals"] == {"all": 40}
+    # ... unless its test split is asked for: the one training made (same seed).
+    info, split = D.scan_evaluation_dataset(dcfg(tiny_unsplit_dataset), split="test", seed=3)
+    assert split == "test" and info.splits["test"].paths == D.scan_dataset(dcfg(tiny_unsplit_dataset), seed=3).splits["test"].paths
+    assert len(info.splits["test"]) == 6
+    # A folder with only test/{real,fake}: evaluated whole, not refused as a wrong layout.
+    only_test = tmp_path / "only_test"
+    shutil.copytree(tiny_split_dataset / "test", only_test / "test")
+    info, split = D.scan_evaluation_dataset(dcfg(only_test))
+    assert split == "test" and len(info.splits["test"]) == 4
+    with pytest.raises(DeepfakeError, match=r"only_test/train is missing: .*holds test/; pass --split test"):
+        D.scan_evaluation_dataset(dcfg(only_test), split="train")
+    # val/ and test/ without train/: every image of both.
+    shutil.copytree(tiny_split_dataset / "val", only_test / "val")
+    info, split = D.scan_evaluation_dataset(dcfg(only_test))
+    assert split == "all" and len(info.splits["all"]) == 8
+    # A training dataset (train/ present): its test split by default, everything on request.
+    info, split = D.scan_evaluation_dataset(dcfg(tiny_split_dataset))
+    assert split == "test" and len(info.splits["test"]) == 4
+    info, split = D.scan_evaluation_dataset(dcfg(tiny_split_dataset), split="all")
+    assert len(info.splits["all"]) == 24
+    # Training still needs train/, and says so.
+    with pytest.raises(DeepfakeError, match=r"only_test/train is missing: a dataset for training needs train/"):
+        D.scan_dataset(dcfg(only_test))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -173,10 +210,49 @@ def test_unreadable_files_are_skipped_and_listed(tiny_split_dataset, tmp_path):
 
 def test_check_image_accepts_every_supported_format(tmp_path):
     for name, mode, fmt in [("a.jpg", "RGB", "JPEG"), ("b.png", "RGBA", "PNG"), ("c.bmp", "RGB", "BMP"),
-                            ("d.gif", "P", "GIF"), ("e.png", "L", "PNG"), ("f.png", "P", "PNG")]:
+                            ("d.gif", "P", "GIF"), ("e.png", "L", "PNG"), ("f.png", "P", "PNG"),
+                            ("g.jpg", "CMYK", "JPEG"), ("h.webp", "RGBA", "WEBP"), ("i.tif", "RGB", "TIFF"),
+                            ("j.jpg", "RGB", "WEBP")]:  # the format counts, not the extension
         assert D.check_image(write_image(tmp_path / name, mode=mode, fmt=fmt)) is None, name
-    webp = write_image(tmp_path / "g.jpg", fmt="WEBP")
-    assert "unsupported format" in D.check_image(webp)
+    ico = write_image(tmp_path / "k.png", fmt="ICO")  # a format Pillow knows but that is not accepted
+    assert D.check_image(ico) == "not an image in a supported format (JPEG, PNG, BMP, GIF, WebP, TIFF)"
+
+
+@pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("RGB", "WEBP"), ("RGBA", "WEBP"), ("RGB", "TIFF"),
+                                       ("P", "TIFF")])
+def test_cmyk_webp_and_tiff_decode_to_the_pixels_pillow_sees(tmp_path, mode, fmt):
+    arr = np.zeros((32, 32, 3), dtype=np.uint8)
+    arr[:, :16], arr[:, 16:] = (200, 30, 40), (20, 180, 90)  # flat colours survive lossy coding
+    path = tmp_path / f"x.{fmt.lower()}"
+    img = Image.fromarray(arr)
+    (img.convert(mode) if mode != "P" else img.convert("P", palette=Image.Palette.ADAPTIVE)).save(
+        path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    ours = D.load_image(path, 32)
+    np.testing.assert_allclose(ours, np.asarray(Image.open(path).convert("RGB"), dtype=np.float32), atol=2)
+    np.testing.assert_allclose(ours[0, 0], (200, 30, 40), atol=6)
+    # The tf.data pipeline (training, evaluation) reads them too.
+    x, _ = next(iter(D.make_dataset(D.Split([str(path)], [1]), dcfg(tmp_path, "data.cache=none"), training=False)))
+    np.testing.assert_allclose(x.numpy()[0], ours, atol=1e-3)
+
+
+def test_dataset_reads_webp_tiff_cmyk_and_lists_symlink_problems(tiny_split_dataset, tmp_path):
+    root = tmp_path / "formats"
+    shutil.copytree(tiny_split_dataset, root)
+    fake = root / "train" / "fake"
+    for name, mode, fmt in [("w.webp", "RGB", "WEBP"), ("t.tif", "RGB", "TIFF"), ("t2.tiff", "L", "TIFF"),
+                            ("c.jpeg", "CMYK", "JPEG")]:
+        write_image(fake / name, mode=mode, size=(32, 32), fmt=fmt)
+    (fake / "loop_a.jpg").symlink_to("loop_b.jpg")
+    (fake / "loop_b.jpg").symlink_to("loop_a.jpg")
+    (fake / "dangling.png").symlink_to("gone.png")
+    info = D.scan_dataset(dcfg(root))
+    names = {p.rsplit("/", 1)[-1] for p in info.splits["train"].paths + info.splits["val"].paths}
+    assert {"w.webp", "t.tif", "t2.tiff", "c.jpeg"} <= names
+    reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in info.skipped}
+    assert reasons == {"loop_a.jpg": "cannot read: symlink loop", "loop_b.jpg": "cannot read: symlink loop",
+                       "dangling.png": "cannot read: broken symlink (its target does not exist)"}
+    assert "skipped 3 unreadable" in info.report()
+    assert all(ext in D.IMAGE_EXTENSIONS for ext in (".jpeg", ".webp", ".tif", ".tiff"))
 
 
 @pytest.mark.parametrize("mode, fmt", [("RGB", "JPEG"), ("RGBA", "PNG"), ("RGB", "BMP"), ("P", "GIF"),

@@ -52,7 +52,7 @@ def test_cached_features_through_the_head_match_the_full_model(tiny_split_datase
     np.testing.assert_allclose(via_cache, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", ["image_size", "representation", "weights", "file"])
+@pytest.mark.parametrize("change", ["image_size", "representation", "weights", "file", "backbone"])
 def test_any_key_change_invalidates(tiny_split_dataset, tmp_path, counted, change):
     import shutil
 
@@ -68,6 +68,9 @@ def test_any_key_change_invalidates(tiny_split_dataset, tmp_path, counted, chang
     elif change == "representation":
         cfg = cfg_for(root, tmp_path, "model.representation=npr")
         model = M.build_model(cfg)
+    elif change == "backbone":
+        cfg = cfg_for(root, tmp_path, "model.backbone=efficientnet_lite0")
+        model = M.build_model(cfg)
     elif change == "weights":
         T.set_seeds(123)
         model = M.build_model(cfg)  # other random weights
@@ -77,6 +80,14 @@ def test_any_key_change_invalidates(tiny_split_dataset, tmp_path, counted, chang
     cache = F.FeatureCache(cfg)
     cache.get(model, info.splits["val"])
     assert cache.misses == 1 and cache.hits == 0 and len(counted) == 2
+
+
+def test_cache_key_names_the_backbone(tiny_split_dataset, tmp_path):
+    """Two backbones never share cached features, even with an equal weights fingerprint."""
+    paths = D.scan_dataset(cfg_for(tiny_split_dataset, tmp_path).data).splits["val"].paths
+    keys = {F.cache_key(paths, cfg_for(tiny_split_dataset, tmp_path, f"model.backbone={name}"), "same")
+            for name in ("resnet50", "efficientnet_lite0", "efficientnet_b0")}
+    assert len(keys) == 3
 
 
 def test_phase_one_from_cache_trains_and_checkpoints_the_full_model(tiny_split_dataset, tmp_path):

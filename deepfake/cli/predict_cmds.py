@@ -38,6 +38,7 @@ def predict(paths, model_ref, output, batch_size, tracking_uri) -> None:
     import pandas as pd
     from tqdm import tqdm
 
+    from deepfake.data import IMAGE_EXTENSIONS
     from deepfake.errors import DeepfakeError
     from deepfake.inference import iter_image_files
 
@@ -45,7 +46,7 @@ def predict(paths, model_ref, output, batch_size, tracking_uri) -> None:
         raise DeepfakeError(f"--output {output}: use a .csv or .json file name")
     files = iter_image_files(paths)
     if not files:
-        raise DeepfakeError(f"no image files ({', '.join(('.jpg', '.png', '.bmp', '.gif'))}) found in {' '.join(paths)}")
+        raise DeepfakeError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {' '.join(paths)}")
     predictor = _predictor(model_ref, tracking_uri)
     rows = []
     with tqdm(total=len(files), unit="img", desc="predicting", disable=len(files) < 64 or None, file=sys.stderr) as bar:

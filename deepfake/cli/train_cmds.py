@@ -36,8 +36,8 @@ def demo_data(out: str, per_class: int, size: int, seed: int) -> None:
 def train(resume: bool, register: bool, **options) -> None:
     """Train, evaluate and log one detector as one MLflow run.
 
-    Phase 1 trains the head on the frozen ResNet50; phase 2 fine-tunes the top stages with
-    BatchNorm frozen. The test split is evaluated at a threshold chosen on validation and at
+    Phase 1 trains the head on the frozen backbone (--backbone, ResNet50 by default); phase 2
+    fine-tunes its top stages with BatchNorm frozen. The test split is evaluated at a threshold chosen on validation and at
     0.5; figures, reports, the dataset summary and the model are logged to the run.
     """
     from deepfake import pipeline, tracking

@@ -8,7 +8,9 @@ import click
 
 from deepfake.cli.app import config_from_options, main, require, training_options
 
-DEFAULT_SEARCH_SPACE = "experiments/search_space.yaml"
+DEFAULT_SEARCH_SPACE = "search_space"  # shipped with the package (deepfake/experiments/search_space.yaml)
+SEARCH_SPACE_HELP = ("YAML search space (config keys -> distributions, sampler, pruner): a file, or a shipped one "
+                     "by name (search_space, search_space_demo).")
 
 
 def tune_options(func):
@@ -21,7 +23,7 @@ def tune_options(func):
         click.option("--timeout", default=0, show_default=True, type=click.FloatRange(min=0),
                      help="Stop starting new trials after this many seconds (0 = no limit)."),
         click.option("--search-space", default=DEFAULT_SEARCH_SPACE, show_default=True, type=click.Path(),
-                     help="YAML search space (config keys -> distributions, sampler, pruner)."),
+                     help=SEARCH_SPACE_HELP),
         click.option("--metric", default="val_auc", show_default=True,
                      type=click.Choice(["val_auc", "val_average_precision", "val_accuracy", "val_loss"]),
                      help="Validation metric to optimise and prune on."),
@@ -39,9 +41,10 @@ def _run_study(cfg, study_name, storage, n_trials, timeout, search_space, metric
     from deepfake import data as D
     from deepfake import pipeline, tracking, tuning
 
+    space = tuning.load_search_space(search_space)  # a mistake in it stops before anything is recorded
     tracking.setup(cfg.tracking)
     result = tuning.tune(cfg, study_name=study_name, storage=storage, n_trials=n_trials, timeout=timeout or None,
-                         search_space=search_space, metric=metric, heartbeat_interval=heartbeat, echo=click.echo)
+                         search_space=space, metric=metric, heartbeat_interval=heartbeat, echo=click.echo)
     record = None
     if register and result.best_model_uri:
         info = D.scan_dataset(cfg.data, seed=cfg.train.seed)
@@ -62,7 +65,7 @@ def _run_study(cfg, study_name, storage, n_trials, timeout, search_space, metric
 @training_options
 @tune_options
 def tune(study_name, storage, n_trials, timeout, search_space, metric, heartbeat, register, **options) -> None:
-    """Run (or resume) an Optuna study of two-phase ResNet50 trainings.
+    """Run (or resume) an Optuna study of two-phase transfer-learning trainings.
 
     Every trial is an MLflow run nested under the study's parent run, pruned on the
     validation metric per epoch. Start the same command on several machines with a shared
@@ -76,13 +79,13 @@ def tune(study_name, storage, n_trials, timeout, search_space, metric, heartbeat
 @main.command()
 @click.option("--data", default="", help="Dataset root; empty = make the synthetic demo dataset in --demo-dir.")
 @click.option("--demo-dir", default="demo_data", show_default=True, type=click.Path(), help="Where demo data goes.")
-@click.option("--config", "config_files", multiple=True, default=("experiments/configs/demo.yaml",), show_default=True,
-              type=click.Path(), help="YAML config file(s).")
+@click.option("--config", "config_files", multiple=True, default=("demo",), show_default=True,
+              type=click.Path(), help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real).")
 @click.option("--study-name", default="demo", show_default=True, help="Optuna study name.")
 @click.option("--storage", default="sqlite:///optuna.db", show_default=True, help="Optuna storage URL.")
 @click.option("--n-trials", default=3, show_default=True, type=click.IntRange(min=1), help="Finished trials wanted.")
-@click.option("--search-space", default="experiments/search_space_demo.yaml", show_default=True, type=click.Path(),
-              help="YAML search space.")
+@click.option("--search-space", default="search_space_demo", show_default=True, type=click.Path(),
+              help=SEARCH_SPACE_HELP)
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI.")
 @click.option("--experiment", default=None, help="MLflow experiment name.")
 @click.option("--seed", default=None, type=int, help="Random seed.")
@@ -179,8 +182,10 @@ def promote(version, data, name, force, tracking_uri) -> None:
 @click.option("--model", "model_ref", default="models:/deepfake-detector@champion", show_default=True,
               help="Model folder, .keras file or MLflow URI.")
 @click.option("--data", required=True, type=click.Path(), help="Dataset root (either layout) to evaluate on.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
-              help="Which split to evaluate.")
+@click.option("--split", default="auto", show_default=True, type=click.Choice(["auto", "all", "train", "val", "test"]),
+              help="Which images: auto = all of a dataset without train/ (e.g. DATA/{real,fake}/ or only "
+                   "DATA/test/), the test split of a training dataset (with train/); all = every image; "
+                   "train/val/test = that split as training made it.")
 @click.option("--metadata", default=None, type=click.Path(dir_okay=False),
               help="CSV with columns path,source: adds a per-source table (which generator fools the model).")
 @click.option("--robustness", is_flag=True,
@@ -193,9 +198,14 @@ def promote(version, data, name, force, tracking_uri) -> None:
 def evaluate(model_ref, data, split, metadata, robustness, report, output_dir, tracking_uri, experiment) -> None:
     """Evaluate any model on any dataset (cross-dataset evaluation), logged as an MLflow run.
 
-    Prints the metrics table (threshold stored with the model), and with --metadata a
-    per-source table, with --robustness a metric-versus-damage table; all tables, figures
-    (ROC, PR, confusion matrix, reliability diagram) and the HTML report are logged to the run.
+    A held-out dataset is evaluated whole: an unsplit folder (DATA/real/, DATA/fake/) or one
+    holding only some split folders (say DATA/test/{real,fake}/) gives every image; a training
+    dataset (with DATA/train/) gives its test split (--split chooses).
+
+    Prints how many images were used and the metrics table (threshold stored with the model),
+    and with --metadata a per-source table, with --robustness a metric-versus-damage table; all
+    tables, figures (ROC, PR, confusion matrix, reliability diagram) and the HTML report are
+    logged to the run.
     """
     from deepfake import data as D
     from deepfake import evaluation as E
@@ -209,16 +219,22 @@ def evaluate(model_ref, data, split, metadata, robustness, report, output_dir, t
     tags = {"model_uri": model_ref, "deepfake.role": "evaluation"}
     if model_ref.startswith("models:/"):
         tags["registered_model"] = model_ref[len("models:/"):]
-    with tracking.start_run(f"evaluate-{Path(data).name}-{split}", tags=tags) as run:
-        from deepfake.inference import load_predictor
+    from deepfake.inference import load_predictor
 
-        predictor = load_predictor(model_ref)
-        cfg.data.class_names = predictor.meta.class_names
-        info = D.scan_dataset(cfg.data, seed=cfg.train.seed)
+    predictor = load_predictor(model_ref)
+    cfg.data.class_names = predictor.meta.class_names
+    info, split = D.scan_evaluation_dataset(cfg.data, split=split, seed=cfg.train.seed)
+    target = info.splits[split]
+    counts = ", ".join(f"{n} {name}" for name, n in target.counts(info.class_names).items())
+    click.echo(info.report())
+    what = ("every image" if split == "all" else f"every image of {split}/" if len(info.splits) == 1
+            else f"its {split} split (seed {cfg.train.seed})")
+    click.echo(f"Evaluating {len(target)} images ({counts}) of {data}: {what}")
+    with tracking.start_run(f"evaluate-{Path(data).name}-{split}", tags=tags) as run:
         tracking.log_dataset(info)
+        tracking.log_params({"evaluated_split": split, "n_images": len(target)})
         result = pipeline.evaluate_model(model_ref, info, out, split=split, echo=click.echo)
         tracking.log_metrics(result["metrics"], prefix=f"{split}_")
-        target = info.splits[split]
         if metadata:
             sources = E.read_metadata(metadata, data)
             table = E.per_source_table(target.paths, target.labels, result["probs"], predictor.meta.threshold,
