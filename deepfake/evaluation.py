@@ -134,20 +134,33 @@ def read_metadata(csv_path: str | Path, root: str | Path) -> dict[str, str]:
 
 def per_source_table(paths: Sequence[str], labels: Sequence[int], probs: np.ndarray, threshold: float,
                      sources: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
-    """Accuracy, ROC-AUC (where both classes exist) and share flagged fake, per source."""
+    """Accuracy, ROC-AUC and share flagged fake, per source.
+
+    A source holding one class only (a generator's fakes, say) is scored against every real image
+    of the evaluated data, as in the CNNDetection / UniversalFakeDetect tables: how well the model
+    tells that generator's images from real ones.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keys = [sources.get(str(Path(p).resolve()), "unknown") for p in paths]
     y, p = np.asarray(labels), np.asarray(probs)
+    reals = y == 0
     rows = []
     for source in sorted(set(keys)):
         mask = np.array([k == source for k in keys])
         ys, ps = y[mask], p[mask]
         pred = ps >= threshold
+        if len(set(ys.tolist())) == 2:
+            auc = float(MET.compute_metrics(ys, ps, threshold)["roc_auc"])
+        elif ys.all() and reals.any():  # fakes only: against all reals
+            both = mask | reals
+            auc = float(MET.compute_metrics(y[both], p[both], threshold)["roc_auc"])
+        else:
+            auc = float("nan")
         rows.append({
             "source": source, "n": int(mask.sum()), "n_fake": int(ys.sum()),
             "accuracy": float((pred == ys.astype(bool)).mean()),
-            "roc_auc": float(MET.compute_metrics(ys, ps, threshold)["roc_auc"]) if len(set(ys)) == 2 else float("nan"),
+            "roc_auc": auc,
             "flagged_fake": float(pred.mean()),
         })
     _write_csv(rows, out / "per_source.csv")

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,8 +66,28 @@ def claim_project_run() -> str | None:
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 HTTP_PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
-HTTP_NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+class _RetryNotice(logging.Filter):
+    """urllib3 logs each retry of a request in a long line; during an outage, say it once a minute instead."""
+
+    uri, last = "", -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Retrying"):
+            return True
+        now = time.monotonic()
+        if now - self.last < 60:
+            return False
+        self.last = now
+        record.msg, record.args = "MLflow tracking server %s is not answering; retrying for up to about a minute", (
+            self.uri,)
+        return True
+
+
+_RETRY_NOTICE = _RetryNotice()
 
 
 @contextlib.contextmanager
@@ -103,6 +124,20 @@ def unreachable(exc: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def outages_reported(hint: str = "") -> Iterator[None]:
+    """A tracking store still unreachable after MLflow's retries becomes a one-line error (exit code 2)."""
+    try:
+        yield
+    except DeepfakeError:
+        raise
+    except Exception as exc:
+        what = unreachable(exc)
+        if what is None:
+            raise
+        raise DeepfakeError(what + hint) from None
+
+
 def setup(tracking: TrackingConfig) -> str:
     """Point MLflow at the tracking URI and experiment; fail fast with a one-line error.
 
@@ -114,6 +149,8 @@ def setup(tracking: TrackingConfig) -> str:
     if http:  # ride out short server outages (the user's own MLFLOW_HTTP_REQUEST_* settings win)
         for key, value in HTTP_RETRIES.items():
             os.environ.setdefault(key, value)
+        _RETRY_NOTICE.uri = uri
+        logging.getLogger("urllib3.connectionpool").addFilter(_RETRY_NOTICE)
     mlflow.set_tracking_uri(uri)
     try:
         with _environment(HTTP_PROBE if http else {}):  # but a wrong URL fails within seconds

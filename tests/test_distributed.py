@@ -65,6 +65,9 @@ def test_two_workers_share_one_study(databases, tiny_split_dataset, tmp_path):
     study = optuna.load_study(study_name="shared", storage=storage)
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))  # no duplicate trial numbers
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials
+             if t.params and "fixed_params" not in t.system_attrs and "failed_trial" not in t.system_attrs]
+    assert len(drawn) == len(set(drawn))  # and the two workers never drew the same parameters
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) >= 4
     # Both workers contributed (each logs its own trials).

@@ -63,8 +63,11 @@ def test_per_source_table_by_hand(tmp_path):
     table = E.per_source_table(paths, labels, probs, 0.5, sources, tmp_path)
     rows = {r["source"]: r for r in table["rows"]}
     assert rows["web"]["accuracy"] == 0.5 and rows["web"]["flagged_fake"] == 0.5
-    assert np.isnan(rows["web"]["roc_auc"])  # one class only
+    assert np.isnan(rows["web"]["roc_auc"])  # reals only: nothing to separate
     assert rows["sdxl"]["accuracy"] == 1.0 and rows["dalle"]["accuracy"] == 0.0  # dalle fools the model
+    # A generator's fakes are scored against every real image: sdxl (0.9, 0.8) above both reals (0.2, 0.7),
+    # dalle (0.3, 0.1) above one real once in four pairs.
+    assert rows["sdxl"]["roc_auc"] == 1.0 and rows["dalle"]["roc_auc"] == 0.25
 
 
 def test_read_metadata_resolves_relative_paths(tmp_path):

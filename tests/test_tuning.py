@@ -126,9 +126,12 @@ def test_study_nested_runs_registry_and_resume(env, space):
     out = model.predict(pd.DataFrame({"image": images}))
     assert list(out.columns) == ["fake_probability", "label", "error"] and len(out) == len(images)
 
-    # Running the same command again resumes: the target is met, nothing is added or lost.
-    again = CliRunner().invoke(main, tune_args(env, space, "s", 2, "--no-register"))
+    # Running the same command again resumes: the target is met, nothing is added or lost, and the best
+    # trial's run keeps its one registered version.
+    again = CliRunner().invoke(main, tune_args(env, space, "s", 2))
     assert again.exit_code == 0, again.output
+    assert "already registered for this run" in again.output
+    assert [str(v.version) for v in client.search_model_versions("name = 'deepfake-detector'")] == ["1"]
     study = optuna.load_study(study_name="s", storage=env["storage"])
     assert [t.number for t in study.trials] == [0, 1]
     # A larger target continues the same study under the same parent run.
@@ -175,6 +178,12 @@ def test_killed_worker_trial_is_failed_and_retried(env, space, tmp_path):
     assert killed in retried  # the killed trial was re-run with its parameters
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
+    # The killed trial's MLflow run was ended as FAILED with the reason; no run is left RUNNING.
+    mlflow.set_tracking_uri(env["uri"])
+    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    killed_runs = [r for r in runs if r.data.tags.get("optuna.trial_number") == str(killed)]
+    assert all(r.info.status == "FAILED" and "heartbeat" in r.data.tags["error"] for r in killed_runs)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -47,17 +47,18 @@ def _run_study(cfg, study_name, storage, n_trials, timeout, search_space, metric
                          search_space=space, metric=metric, heartbeat_interval=heartbeat, echo=click.echo)
     record = None
     if register and result.best_model_uri:
-        info = D.scan_dataset(cfg.data, seed=cfg.train.seed)
-        trial_run = result.best_run_id
-        metrics = tracking.run_info(trial_run)["metrics"]
-        tags = {k: round(v, 6) for k, v in metrics.items() if k.startswith(("test_", "val_final_"))}
-        tags |= {"study": study_name, "trial": result.best_trial, "source_run_id": trial_run}
-        record = pipeline.register_and_promote(result.best_model_uri, cfg, info, version_tags=tags,
-                                               out_dir=Path(cfg.train.output_dir) / study_name / "registry",
-                                               echo=click.echo)
-        with tracking.start_run(run_id=result.parent_run_id):
-            tracking.log_dict(record, "registry/comparison.json")
-            tracking.set_tags({f"registry.{k}": v for k, v in record.items()})
+        with tracking.outages_reported("; the study is kept: run the same command again to register its best model"):
+            info = D.scan_dataset(cfg.data, seed=cfg.train.seed)
+            trial_run = result.best_run_id
+            metrics = tracking.run_info(trial_run)["metrics"]
+            tags = {k: round(v, 6) for k, v in metrics.items() if k.startswith(("test_", "val_final_"))}
+            tags |= {"study": study_name, "trial": result.best_trial, "source_run_id": trial_run}
+            record = pipeline.register_and_promote(result.best_model_uri, cfg, info, version_tags=tags,
+                                                   out_dir=Path(cfg.train.output_dir) / study_name / "registry",
+                                                   echo=click.echo)
+            with tracking.start_run(run_id=result.parent_run_id):
+                tracking.log_dict(record, "registry/comparison.json")
+                tracking.set_tags({f"registry.{k}": v for k, v in record.items()})
     return result, record
 
 
