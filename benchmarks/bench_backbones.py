@@ -34,8 +34,8 @@ CHILD = r"""
 import json, sys, time, tempfile, numpy as np, keras
 from pathlib import Path
 from deepfake import config as C, model as M, training as T, backbones as B
-from deepfake.export import export, OnnxModel
-from deepfake.inference import ModelMeta, save_detector
+from deepfake.export import export
+from deepfake.inference import ModelMeta, OnnxModel, Predictor, save_detector
 
 name, repeats = sys.argv[1], int(sys.argv[2])
 spec = B.get(name)
@@ -71,7 +71,7 @@ def best(fn, n):
 
 work = Path(tempfile.mkdtemp())
 save_detector(model, ModelMeta(image_size=size, backbone=name), work / "keras")
-export(str(work / "keras"), work / "onnx", check_images=32)
+export(Predictor.from_dir(work / "keras"), work / "onnx", check_images=32)
 onnx = OnnxModel(work / "onnx" / "model.onnx")
 x = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype("float32")
 k32 = best(lambda: model.predict(x, batch_size=32, verbose=0), repeats)

@@ -30,6 +30,7 @@ def main() -> None:
     from deepfake import data as D
     from deepfake import features as F
     from deepfake import training as T
+    from deepfake.input_pipeline import make_dataset
 
     work = tempfile.mkdtemp(prefix="bench-fc-")
     cfg = C.resolve(set_args=[f"data.path={args.data}", f"data.image_size={args.size}", "model.weights=none",
@@ -41,8 +42,8 @@ def main() -> None:
     rows = []
     for name in ("no cache (backbone every epoch)", "cache cold (first trial)", "cache warm (later trials)"):
         keras.backend.clear_session()
-        train_ds = D.make_dataset(info.splits["train"], cfg.data, training=True, seed=1)
-        val_ds = D.make_dataset(val, cfg.data, training=False)
+        train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=1)
+        val_ds = make_dataset(val, cfg.data, training=False)
         features = None if name.startswith("no cache") else F.FeatureCache(cfg).provider(info)
         start = time.perf_counter()
         result = T.train(cfg, train_ds, val_ds, f"{work}/ckpt", features=features, verbose=0)

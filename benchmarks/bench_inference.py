@@ -41,14 +41,14 @@ def main() -> None:
     from deepfake import config as C
     from deepfake import model as M
     from deepfake.demo import make_demo_dataset
-    from deepfake.export import export, OnnxModel
-    from deepfake.inference import ModelMeta, save_detector
+    from deepfake.export import export
+    from deepfake.inference import ModelMeta, OnnxModel, Predictor, save_detector
 
     work = Path(tempfile.mkdtemp(prefix="bench-inf-"))
     cfg = C.resolve(set_args=[f"data.image_size={args.size}", "model.weights=none"])
     model = M.build_model(cfg)
     save_detector(model, ModelMeta(image_size=args.size), work / "keras")
-    info = export(str(work / "keras"), work / "onnx")
+    info = export(Predictor.from_dir(work / "keras"), work / "onnx")
     onnx = OnnxModel(work / "onnx" / "model.onnx")
     rng = np.random.default_rng(0)
     x32 = rng.uniform(0, 255, (32, args.size, args.size, 3)).astype("float32")

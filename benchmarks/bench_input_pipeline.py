@@ -34,6 +34,7 @@ def main() -> None:
 
     from deepfake import config as C
     from deepfake import data as D
+    from deepfake.input_pipeline import make_dataset
 
     folder = f"{args.data}/train"
     rows = []
@@ -52,12 +53,12 @@ def main() -> None:
                                                                   shuffle=False, verbose=False)
                 elif "disk" in name:
                     cfg.data.cache = "disk"
-                    for _ in D.make_dataset(split, cfg.data, training=False, cache_dir=cache_dir):
+                    for _ in make_dataset(split, cfg.data, training=False, cache_dir=cache_dir):
                         pass  # an earlier run (e.g. the previous trial) wrote the decoded-image cache
-                    ds = D.make_dataset(split, cfg.data, training=False, cache_dir=cache_dir)
+                    ds = make_dataset(split, cfg.data, training=False, cache_dir=cache_dir)
                 else:
                     cfg.data.cache = "none" if "none" in name else "auto"
-                    ds = D.make_dataset(split, cfg.data, training=False)
+                    ds = make_dataset(split, cfg.data, training=False)
                 rates = (epoch_rate(ds, n), epoch_rate(ds, n))
                 prev = best.get(name, (0, 0))
                 best[name] = (max(prev[0], rates[0]), max(prev[1], rates[1]))

@@ -24,14 +24,15 @@ from common import write
 CHILD = r"""
 import json, resource, sys, time
 from deepfake import config as C, data as D, training as T
+from deepfake.input_pipeline import make_dataset
 root, size = sys.argv[1], int(sys.argv[2])
 cfg = C.resolve(set_args=[f"data.path={root}", f"data.image_size={size}", "model.weights=none", "train.epochs=1",
                           "train.fine_tune_epochs=1", "train.feature_cache=false", "data.cache=none",
                           "data.val_fraction=0.02", "data.test_fraction=0.02"])
 info = D.scan_dataset(cfg.data, check_images=False)
 start = time.perf_counter()
-T.train(cfg, D.make_dataset(info.splits["train"], cfg.data, training=True),
-        D.make_dataset(info.splits["val"], cfg.data, training=False), root + "_ckpt", verbose=0)
+T.train(cfg, make_dataset(info.splits["train"], cfg.data, training=True),
+        make_dataset(info.splits["val"], cfg.data, training=False), root + "_ckpt", verbose=0)
 print(json.dumps({"n_train": len(info.splits["train"]), "seconds": time.perf_counter() - start,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

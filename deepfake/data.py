@@ -1,4 +1,4 @@
-"""Datasets: find the images, check them before training, and stream them with ``tf.data``.
+"""Datasets: find the images and check them before training.
 
 Two layouts are accepted (class folder names from ``DataConfig.class_names``, index = label)::
 
@@ -8,41 +8,30 @@ Two layouts are accepted (class folder names from ``DataConfig.class_names``, in
 An unsplit dataset is split stratified and seeded. A split dataset without ``val/`` gets a
 stratified validation split carved from ``train/``; ``test/`` is required.
 
-Every file with an image extension is checked with Pillow before training (header size
-limits first, then a full decode); unreadable ones are skipped and reported, never fatal.
-:func:`decode_image` is the one decoder used by training *and* inference.
+Every file with an image extension is checked with Pillow before training
+(:func:`deepfake.images.check_image`: header size limits first, then a full decode); unreadable
+ones are skipped and reported, never fatal. :mod:`deepfake.input_pipeline` streams the splits.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import io
+import glob
 import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from deepfake.config import AugmentConfig, DataConfig
+from deepfake.config import DataConfig
 from deepfake.errors import DeepfakeError
+from deepfake.images import IMAGE_EXTENSIONS, check_image
 
 log = logging.getLogger(__name__)
 
-# The one list of image file extensions: dataset scans, ``deepfake predict`` folders and messages use it.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# Pillow formats accepted (JPEG includes the multi-picture JPEGs, MPO, written by many cameras). Pillow
-# may only try these, so untrusted bytes never reach any other of its format parsers.
-IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
-FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF"
 SPLITS = ("train", "val", "test")
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
-MIN_SIDE = 2
-AUTO_CACHE_BYTES = 1 << 30  # "auto" caches decoded images in memory below 1 GiB
 
 
 @dataclass
@@ -128,57 +117,6 @@ class DatasetInfo:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- checking
-
-
-def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Why these encoded bytes cannot be used as an image, or ``None`` if they can.
-
-    Dimensions are read from the header *before* decoding, so a decompression bomb is refused
-    without allocating its pixels. Then the image is fully decoded to catch truncation.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not raw:
-        return "empty file"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    return f"too large: {width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
-                if min(width, height) < MIN_SIDE:
-                    return f"too small: {width}x{height} (need at least {MIN_SIDE} px per side)"
-                img.load()  # CMYK and YCbCr JPEGs, palette, grayscale and alpha images are converted to RGB
-    except UnidentifiedImageError:
-        return f"not an image in a supported format ({FORMAT_NAMES})"
-    except Image.DecompressionBombError as exc:
-        return f"too large: {exc}"
-    except (OSError, SyntaxError, ValueError) as exc:
-        text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        return "truncated image" if "truncated" in text.lower() else f"cannot decode: {text}"
-    return None
-
-
-def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Why the image file cannot be used, or ``None`` if it can."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        return f"cannot read: {read_error(path, exc)}"
-    return check_bytes(raw, max_pixels)
-
-
-def read_error(path: str | Path, exc: OSError) -> str:
-    """Why ``path`` could not be read, without repeating the path."""
-    if exc.errno == errno.ELOOP:
-        return "symlink loop"
-    if exc.errno == errno.ENOENT and os.path.islink(path):
-        return "broken symlink (its target does not exist)"
-    return exc.strerror or type(exc).__name__
-
-
 # --------------------------------------------------------------------------- scanning
 
 
@@ -193,6 +131,42 @@ def list_images(folder: str | Path) -> list[Path]:
         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
         and (p.is_file() or (p.is_symlink() and not p.is_dir()))
     )
+
+
+def find_image_files(paths: Iterable[str]) -> list[Path]:
+    """Files, folders (recursive, image extensions only) and globs -> image files, sorted.
+
+    A file reached twice (the same path given twice, or a symlink and its target) is listed once,
+    under the name of the real file when that was given, otherwise as first given; symlinks are
+    never replaced by their targets. Broken symlinks and symlink loops are listed, so that the
+    caller reports them as unreadable instead of leaving them out.
+    """
+    def listable(f: Path) -> bool:
+        return f.is_file() or (f.is_symlink() and not f.is_dir())
+
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found.extend(list_images(p))
+        elif listable(p):
+            found.append(p)
+        else:
+            matches = sorted(glob.glob(str(p), recursive=True))
+            if not matches:
+                raise DeepfakeError(f"{raw}: no such file, folder or matching glob")
+            found.extend(Path(m) for m in matches if listable(Path(m)))
+    groups: dict[str, list[Path]] = {}
+    for f in found:
+        groups.setdefault(os.path.realpath(f), []).append(f)  # realpath never raises, even for loops
+    chosen = {key: next((f for f in group if not f.is_symlink()), group[0]) for key, group in groups.items()}
+    unique, seen = [], set()
+    for f in found:
+        key = os.path.realpath(f)
+        if f == chosen[key] and key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
 def _layout_error(root: Path, class_names: Sequence[str]) -> DeepfakeError:
@@ -385,180 +359,3 @@ def _require_both_classes(splits: dict[str, Split], names: Sequence[str], root: 
                 f"{where}: the {name} split has no readable '{missing[0]}' images (only one class); "
                 f"every split needs both {names[0]}/ and {names[1]}/ images"
             )
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_image(contents, image_size: int):
-    """Encoded bytes (JPEG/PNG/BMP/GIF by TensorFlow, WebP/TIFF by Pillow) -> float32 ``(S, S, 3)`` RGB in 0..255.
-
-    Grayscale, palette and CMYK images become RGB, alpha is dropped, a GIF, WebP or TIFF gives
-    its first frame.
-    Large JPEGs are downscaled while decoding (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never
-    below the target size), which is both faster and an antialiased downscale; what remains
-    (less than 2x) is a bilinear resize. Used by training and inference alike, so both see
-    identical pixels.
-    """
-    import tensorflow as tf
-
-    contents = tf.convert_to_tensor(contents, dtype=tf.string)
-    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
-
-    def jpeg():
-        shape = tf.image.extract_jpeg_shape(contents)
-        short = tf.minimum(shape[0], shape[1])
-        branch = tf.reduce_sum(tf.cast(short >= image_size * tf.constant([2, 4, 8]), tf.int32))
-        decoders = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in (1, 2, 4, 8)]
-        return tf.switch_case(branch, decoders)
-
-    def other():
-        img = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
-        img.set_shape([None, None, 3])
-        return img
-
-    def pillow():
-        img = tf.numpy_function(decode_with_pillow, [contents], tf.uint8, stateful=False)
-        img.set_shape([None, None, 3])
-        return img
-
-    head = tf.strings.substr(contents, 0, 4)
-    tf_reads = tf.reduce_any([tf.equal(head, b"\x89PNG"), tf.equal(head, b"GIF8"),
-                              tf.equal(tf.strings.substr(contents, 0, 2), b"BM")])
-    img = tf.cond(is_jpeg, jpeg, lambda: tf.cond(tf_reads, other, pillow))
-    img.set_shape([None, None, 3])
-    size = tf.shape(img)[:2]
-    big = tf.reduce_max(size) > 2 * image_size  # only non-JPEGs get here: antialias their large downscales
-    img = tf.cond(
-        tf.reduce_all(tf.equal(size, image_size)),
-        lambda: tf.cast(img, tf.float32),
-        lambda: tf.cond(
-            big,
-            lambda: tf.image.resize(img, [image_size, image_size], antialias=True),
-            lambda: tf.image.resize(img, [image_size, image_size]),
-        ),
-    )
-    img = tf.ensure_shape(img, [image_size, image_size, 3])
-    return tf.clip_by_value(img, 0.0, 255.0)
-
-
-def decode_with_pillow(contents: bytes) -> np.ndarray:
-    """Encoded bytes of a format TensorFlow cannot read (WebP, TIFF) -> uint8 ``(H, W, 3)`` RGB, first frame."""
-    from PIL import Image
-
-    raw = contents.item() if isinstance(contents, np.ndarray) else bytes(contents)  # tf.numpy_function passes a numpy scalar
-    with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
-        if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
-            return np.repeat((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=-1)
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def load_image(path: str | Path, image_size: int) -> np.ndarray:
-    return np.asarray(decode_image(Path(path).read_bytes(), image_size))
-
-
-# --------------------------------------------------------------------------- augmentation
-
-Augmentation = Callable[["object", "object", AugmentConfig], "object"]  # (image, seed, cfg) -> image
-
-
-def _flip(image, seed, cfg: AugmentConfig):
-    import tensorflow as tf
-
-    if not cfg.flip:
-        return image
-    return tf.image.stateless_random_flip_left_right(image, seed)
-
-
-def _blur(image, seed, cfg: AugmentConfig):
-    """Gaussian blur with probability ``blur_prob``, sigma ~ U(0, blur_sigma_max) (CNNDetection)."""
-    import tensorflow as tf
-
-    if cfg.blur_prob <= 0:
-        return image
-    u = tf.random.stateless_uniform([2], seed)
-    sigma = tf.maximum(u[1] * cfg.blur_sigma_max, 1e-3)
-    radius = max(1, int(np.ceil(3 * cfg.blur_sigma_max)))
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    k = tf.exp(-0.5 * tf.square(x / sigma))
-    k = k / tf.reduce_sum(k)
-    kh = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
-    kv = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
-    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    blurred = tf.nn.depthwise_conv2d(padded, kh, [1, 1, 1, 1], "VALID")
-    blurred = tf.nn.depthwise_conv2d(blurred, kv, [1, 1, 1, 1], "VALID")[0]
-    return tf.where(u[0] < cfg.blur_prob, blurred, image)
-
-
-def _jpeg_recompress(image, seed, cfg: AugmentConfig):
-    """JPEG re-compression with probability ``jpeg_prob``, quality ~ U(jpeg_quality_min, 100)."""
-    import tensorflow as tf
-
-    if cfg.jpeg_prob <= 0:
-        return image
-    u = tf.random.stateless_uniform([1], seed)[0]
-    quality = tf.random.stateless_uniform([], seed + 1, cfg.jpeg_quality_min, 101, dtype=tf.int32)
-    compressed = tf.image.adjust_jpeg_quality(image / 255.0, quality) * 255.0
-    compressed.set_shape(image.shape)
-    return tf.where(u < cfg.jpeg_prob, compressed, image)
-
-
-AUGMENTATIONS: list[Augmentation] = [_blur, _jpeg_recompress, _flip]
-
-
-def augment_image(image, seed, cfg: AugmentConfig):
-    """Apply every augmentation in :data:`AUGMENTATIONS` with its own stateless seed."""
-    import tensorflow as tf
-
-    for i, fn in enumerate(AUGMENTATIONS):
-        image = fn(image, tf.stack([seed[0], seed[1] + 1000 * (i + 1)]), cfg)
-    return image
-
-
-# --------------------------------------------------------------------------- pipelines
-
-
-def _cache_mode(split: Split, cfg: DataConfig) -> str:
-    if cfg.cache != "auto":
-        return cfg.cache
-    nbytes = len(split) * cfg.image_size * cfg.image_size * 3 * 4
-    return "memory" if nbytes < AUTO_CACHE_BYTES else "none"
-
-
-def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42, cache_dir: str | Path | None = None):
-    """A streaming ``tf.data`` pipeline of ``(images, labels)`` batches.
-
-    Files are read and decoded in parallel, resized, optionally cached (decoded, before
-    augmentation), shuffled and augmented (training only; seeded), batched and prefetched.
-    """
-    import tensorflow as tf
-
-    autotune = tf.data.AUTOTUNE
-    parallel = autotune if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
-    size = cfg.image_size
-    labels = np.asarray(split.labels, dtype="float32")
-    ds = tf.data.Dataset.from_tensor_slices((list(split.paths), labels))
-
-    def load(path, label):
-        return decode_image(tf.io.read_file(path), size), label
-
-    # Deterministic: evaluation matches labels by position, and seeded training must repeat exactly.
-    ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
-    mode = _cache_mode(split, cfg)
-    if mode == "memory":
-        ds = ds.cache()
-    elif mode == "disk":
-        folder = Path(cache_dir or ".cache/images")
-        folder.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha1("\n".join(split.paths).encode()).hexdigest()[:16]
-        ds = ds.cache(str(folder / f"images_{size}_{key}"))
-    if training:
-        ds = ds.shuffle(max(len(split), 1), seed=seed, reshuffle_each_iteration=True)
-        aug = cfg.augment
-        if aug.flip or aug.blur_prob > 0 or aug.jpeg_prob > 0:
-            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)))
-            ds = ds.map(
-                lambda xy, s: (augment_image(xy[0], s, aug), xy[1]),
-                num_parallel_calls=parallel,
-            )
-    return ds.batch(cfg.batch_size).prefetch(autotune)

@@ -1,5 +1,5 @@
-"""Detection quality beyond one test split: per-source tables, robustness to everyday image
-damage, and probability calibration (temperature scaling).
+"""Evaluating a detector: the metrics and files of one split, per-source tables, and robustness to
+everyday image damage. Numbers come from :mod:`deepfake.metrics`, figures from :mod:`deepfake.plots`.
 
 Perturbations are applied to the decoded image and re-encoded, so they mirror what images
 suffer in the wild (re-compression, blur, resizing) before the model's own decoder sees them.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,6 +19,69 @@ import numpy as np
 from deepfake import metrics as MET
 from deepfake import plots
 from deepfake.errors import DeepfakeError
+
+
+# --------------------------------------------------------------------------- one split
+
+
+def evaluate_predictions(
+    y_true,
+    y_prob,
+    out_dir: str | Path,
+    class_names: Sequence[str] = ("real", "fake"),
+    threshold: float = 0.5,
+    prefix: str = "test",
+    loss: float | None = None,
+) -> dict[str, Any]:
+    """Metrics at ``threshold`` and at 0.5, plus the JSON, text and PNG files of an evaluation."""
+    y = np.asarray(y_true, dtype=int).reshape(-1)
+    p = np.asarray(y_prob, dtype="float64").reshape(-1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    at_t = MET.compute_metrics(y, p, threshold, loss)
+    at_half = MET.compute_metrics(y, p, 0.5, loss)
+    files: list[Path] = []
+
+    def dump(name: str, data: Any) -> None:
+        path = out / f"{prefix}_{name}"
+        path.write_text(json.dumps(data, indent=2, default=_json_default))
+        files.append(path)
+
+    dump("metrics.json", {"threshold": threshold, "at_threshold": at_t, "at_0.5": at_half})
+    cm = MET.confusion(y, p, threshold)
+    dump("confusion_matrix.json", {"labels": list(class_names), "threshold": threshold, "matrix": cm.tolist(),
+                                    "rows": "true", "columns": "predicted"})
+    files.append(plots.plot_confusion_matrix(cm, class_names, out / f"{prefix}_confusion_matrix.png",
+                                             title=f"{prefix} confusion matrix (threshold {threshold:.3f})"))
+    text, report = MET.classification_report(y, p, threshold, class_names)
+    (out / f"{prefix}_classification_report.txt").write_text(text)
+    files.append(out / f"{prefix}_classification_report.txt")
+    dump("classification_report.json", report)
+    if len(np.unique(y)) == 2:
+        files.append(plots.plot_roc(y, p, out / f"{prefix}_roc_curve.png", threshold=threshold))
+        files.append(plots.plot_pr(y, p, out / f"{prefix}_pr_curve.png", threshold=threshold))
+    files.append(plots.plot_reliability(y, p, out / f"{prefix}_reliability.png"))
+    return {"metrics": at_t, "metrics_at_0.5": at_half, "files": [str(f) for f in files]}
+
+
+def evaluate_predictor(predictor, info, out_dir: str | Path, *, split: str = "test", prefix: str | None = None,
+                       model_ref: str = "model", echo=print) -> dict[str, Any]:
+    """A loaded detector (:class:`deepfake.inference.Predictor`) on one split of any dataset, at the threshold
+    stored with it: metrics, files and the fake probabilities (``probs``); the table is printed."""
+    target = info.splits[split]
+    probs = predictor.predict_split(target)
+    result = evaluate_predictions(target.labels, probs, out_dir, class_names=info.class_names,
+                                  threshold=predictor.meta.threshold, prefix=prefix or split)
+    echo(MET.format_metrics_table(result["metrics"], title=f"{model_ref} on {info.root} [{split}]"))
+    return result | {"probs": probs}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if math.isnan(value) else float(value)
+    return str(value)
 
 
 # --------------------------------------------------------------------------- perturbations
@@ -167,27 +231,6 @@ def per_source_table(paths: Sequence[str], labels: Sequence[int], probs: np.ndar
     plot = plots.plot_bar([r["source"] for r in rows], [r["accuracy"] for r in rows], out / "per_source.png",
                           title="Accuracy per source", ylabel="accuracy")
     return {"rows": rows, "files": [str(out / "per_source.csv"), str(plot)]}
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def fit_temperature(y_true, y_prob) -> float:
-    """Temperature T minimising the validation log loss of sigmoid(logit / T)."""
-    from scipy.optimize import minimize_scalar
-
-    y = np.asarray(y_true, dtype=float)
-    p = np.clip(np.asarray(y_prob, dtype=float), 1e-7, 1 - 1e-7)
-    if len(set(y.tolist())) < 2:
-        return 1.0
-    logits = np.log(p / (1 - p))
-
-    def nll(t: float) -> float:
-        q = np.clip(1 / (1 + np.exp(-logits / t)), 1e-7, 1 - 1e-7)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-
-    result = minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded")
-    return float(result.x) if math.isfinite(result.x) else 1.0
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -1,54 +1,30 @@
-"""Export a detector to ONNX and run it with ONNX Runtime (faster CPU inference).
+"""Export a detector to ONNX, for faster CPU inference with ONNX Runtime.
 
 ``deepfake export --model REF --format onnx --out DIR`` writes ``DIR/model.onnx`` and the
 same ``model.meta.json`` (threshold, classes, image size); ``deepfake predict --model DIR``
-then runs on ONNX Runtime. Preprocessing is inside the exported graph, as in Keras.
+then runs on ONNX Runtime (:class:`deepfake.inference.OnnxModel`). Preprocessing is inside the
+exported graph, as in Keras.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from deepfake.errors import DeepfakeError
+from deepfake.inference import META_FILE, ONNX_FILE, OnnxModel, Predictor
 
-ONNX_FILE = "model.onnx"
 FORMATS = ("onnx",)
 
 
-class OnnxModel:
-    """An ONNX Runtime session with the slice of the Keras API that :class:`Predictor` uses."""
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise DeepfakeError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:150]})") from None
-        self.input_name = self.session.get_inputs()[0].name
-
-    def predict(self, images: np.ndarray, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
-        x = np.asarray(images, dtype="float32")
-        outs = [self.session.run(None, {self.input_name: x[i : i + batch_size]})[0]
-                for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, 1), dtype="float32")
-
-
-def export(model_ref: str, out_dir: str | Path, fmt: str = "onnx", check_images: int = 100) -> dict:
-    """Export ``model_ref`` to ``out_dir`` and check it agrees with Keras; returns the max abs difference."""
-    from deepfake.inference import META_FILE, load_predictor
-
+def export(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx", check_images: int = 100) -> dict:
+    """Export a loaded Keras detector to ``out_dir`` and check it agrees with Keras on random images;
+    returns the path and the max abs difference."""
     if fmt not in FORMATS:
         raise DeepfakeError(f"--format {fmt}: unsupported; use one of {', '.join(FORMATS)}")
-    predictor = load_predictor(model_ref)
     if isinstance(predictor.model, OnnxModel):
-        raise DeepfakeError(f"--model {model_ref} is already an exported ONNX model")
+        raise DeepfakeError("--model: this is already an exported ONNX model; export the Keras model (model.keras)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = predictor.image_size
@@ -60,6 +36,6 @@ def export(model_ref: str, out_dir: str | Path, fmt: str = "onnx", check_images:
     got = OnnxModel(out / ONNX_FILE).predict(x)
     diff = float(np.abs(got - expected).max())
     if diff > 1e-3:
-        shutil.rmtree(out / ONNX_FILE, ignore_errors=True)
+        (out / ONNX_FILE).unlink(missing_ok=True)
         raise DeepfakeError(f"exported model disagrees with Keras (max abs difference {diff:.2e}); not exported")
     return {"path": str(out / ONNX_FILE), "max_abs_diff": diff, "n_checked": check_images}

@@ -46,7 +46,7 @@ def cache_key(paths: list[str], cfg: Config, fingerprint: str) -> str:
 
 def compute_features(model, split, cfg: Config) -> np.ndarray:
     """Pooled backbone features ``(N, feature width)`` of a split's images, in file order, no augmentation."""
-    from deepfake.data import make_dataset
+    from deepfake.input_pipeline import make_dataset
     from deepfake.model import feature_extractor
 
     ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)

@@ -2,8 +2,11 @@
 
 A saved detector is a folder with ``model.keras`` (the Keras model, preprocessing inside)
 and ``model.meta.json`` (threshold chosen on validation, class names, image size). The
-same :func:`deepfake.data.decode_image` that fed training decodes and resizes here.
-Nothing here talks to MLflow; :mod:`deepfake.tracking` wraps :class:`Predictor` as a pyfunc.
+same :func:`deepfake.images.decode_image` that fed training decodes and resizes here. A folder
+exported by :mod:`deepfake.export` holds ``model.onnx`` instead, run by ONNX Runtime (:class:`OnnxModel`).
+
+Nothing here talks to MLflow: models are read from local folders (:func:`deepfake.tracking.local_model`
+downloads MLflow model URIs first), and ``deepfake/pyfunc_model.py`` serves :class:`Predictor` as a pyfunc.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
 from deepfake import atomic, backbones
-from deepfake.errors import DeepfakeError
+from deepfake.calibration import apply_temperature
+from deepfake.errors import DeepfakeError, first_line
 
 KERAS_FILE = "model.keras"
 META_FILE = "model.meta.json"
+ONNX_FILE = "model.onnx"
 
 
 @dataclass
@@ -60,6 +65,29 @@ def save_detector(model, meta: ModelMeta, out_dir: str | Path) -> Path:
     atomic.save_model(model, out / KERAS_FILE)
     meta.save(out / META_FILE)
     return out
+
+
+class OnnxModel:
+    """An ONNX Runtime session with the slice of the Keras API that :class:`Predictor` uses."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise DeepfakeError(f"{path}: not a loadable ONNX model ({first_line(exc, 150)})") from None
+        (image_input,) = self.session.get_inputs()  # a detector has one input: the images
+        self.input_name = image_input.name
+
+    def predict(self, images: np.ndarray, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
+        x = np.asarray(images, dtype="float32")
+        outs = [self.session.run(None, {self.input_name: x[i : i + batch_size]})[0]
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, 1), dtype="float32")
 
 
 PATH_ROOT_ENV = "DEEPFAKE_SERVE_PATH_ROOT"  # the folder a served model may read image paths from
@@ -106,7 +134,7 @@ def _is_image(raw: bytes) -> bool:
     """Pillow identifies ``raw`` as one of the accepted image formats (header only)."""
     from PIL import Image, UnidentifiedImageError
 
-    from deepfake.data import IMAGE_FORMATS
+    from deepfake.images import IMAGE_FORMATS
 
     try:
         with warnings.catch_warnings():
@@ -121,7 +149,7 @@ def _is_image(raw: bytes) -> bool:
 
 def _read_path(text: str, access: PathAccess) -> bytes:
     """A file's bytes, as far as ``access`` allows; errors never repeat the path."""
-    from deepfake.data import read_error
+    from deepfake.images import read_error
 
     if access is True:
         try:
@@ -195,8 +223,6 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Predictor":
         """A folder with ``model.keras`` (Keras) or ``model.onnx`` (ONNX Runtime), or a ``.keras`` file."""
-        from deepfake.export import ONNX_FILE, OnnxModel
-
         model_dir = Path(model_dir)
         if model_dir.is_dir() and (model_dir / ONNX_FILE).is_file() and not (model_dir / KERAS_FILE).is_file():
             return cls(OnnxModel(model_dir / ONNX_FILE), ModelMeta.load(model_dir / META_FILE))
@@ -227,7 +253,7 @@ class Predictor:
     def decode(self, value: Any) -> np.ndarray:
         """One input (bytes, base64 or, as ``self.paths`` allows, a path) -> ``(S, S, 3)`` float32
         pixels; raises ValueError."""
-        from deepfake.data import check_bytes, decode_image
+        from deepfake.images import check_bytes, decode_image
 
         raw = _as_bytes(value, self.paths)
         problem = check_bytes(raw)
@@ -236,7 +262,7 @@ class Predictor:
         try:
             return np.asarray(decode_image(raw, self.image_size))
         except Exception as exc:  # tf.errors.InvalidArgumentError and friends
-            raise ValueError(f"cannot decode image: {str(exc).splitlines()[0][:120]}") from None
+            raise ValueError(f"cannot decode image: {first_line(exc, 120)}") from None
 
     def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
         """Any mix of paths/bytes/base64 -> one dict per input; bad inputs get ``error`` and a
@@ -258,6 +284,17 @@ class Predictor:
                     out[i].update(fake_probability=float(p), label=self.label_of(float(p)))
             rows.extend(out)
         return rows
+
+    def predict_split(self, split, batch_size: int = 32) -> np.ndarray:
+        """Fake probabilities of every image of a dataset split (:class:`deepfake.data.Split`), in file
+        order, streamed through the training input pipeline."""
+        from deepfake.config import DataConfig
+        from deepfake.input_pipeline import make_dataset
+
+        cfg = DataConfig(image_size=self.image_size, batch_size=batch_size, cache="none")
+        probs = [self.predict_arrays(images.numpy(), batch_size=batch_size)
+                 for images, _ in make_dataset(split, cfg, training=False)]
+        return np.concatenate(probs) if probs else np.zeros((0,))
 
     def predict_frame(self, frame):
         """pyfunc entry: DataFrame with an ``image`` column -> DataFrame of results."""
@@ -286,13 +323,9 @@ class Predictor:
         )
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale probabilities' logits by 1/temperature (temperature scaling)."""
-    if temperature == 1.0:
-        return probs
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    logits = np.log(p / (1 - p)) / temperature
-    return 1.0 / (1.0 + np.exp(-logits))
+def pyfunc_artifacts(model_dir: str | Path) -> dict[str, str]:
+    """The files of a saved detector under the artifact names ``deepfake/pyfunc_model.py`` loads them by."""
+    return {"keras_model": str(Path(model_dir) / KERAS_FILE), "meta": str(Path(model_dir) / META_FILE)}
 
 
 def example_frames(meta: ModelMeta):
@@ -333,55 +366,11 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def iter_image_files(paths: Iterable[str]) -> list[Path]:
-    """Files, folders (recursive, image extensions only) and globs -> image files, sorted.
+def load_predictor(ref: str | Path) -> Predictor:
+    """A local model folder (Keras or exported ONNX) or ``.keras`` file.
 
-    A file reached twice (the same path given twice, or a symlink and its target) is listed once,
-    under the name of the real file when that was given, otherwise as first given; symlinks are
-    never replaced by their targets. Broken symlinks and symlink loops are listed, so that the
-    caller reports them as unreadable instead of leaving them out.
+    MLflow model URIs are resolved to local folders first, by :func:`deepfake.tracking.local_model`.
     """
-    import glob
-
-    from deepfake.data import list_images
-
-    def listable(f: Path) -> bool:
-        return f.is_file() or (f.is_symlink() and not f.is_dir())
-
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            found.extend(list_images(p))
-        elif listable(p):
-            found.append(p)
-        else:
-            matches = sorted(glob.glob(str(p), recursive=True))
-            if not matches:
-                raise DeepfakeError(f"{raw}: no such file, folder or matching glob")
-            found.extend(Path(m) for m in matches if listable(Path(m)))
-    groups: dict[str, list[Path]] = {}
-    for f in found:
-        groups.setdefault(os.path.realpath(f), []).append(f)  # realpath never raises, even for loops
-    chosen = {key: next((f for f in group if not f.is_symlink()), group[0]) for key, group in groups.items()}
-    unique, seen = [], set()
-    for f in found:
-        key = os.path.realpath(f)
-        if f == chosen[key] and key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-DEFAULT_MODEL_URI = "models:/deepfake-detector@champion"
-
-
-def load_predictor(ref: str) -> Predictor:
-    """A local model folder / ``.keras`` file, or an MLflow model URI (downloaded first)."""
-    from deepfake import tracking
-
-    if tracking.is_model_uri(ref):
-        return Predictor.from_dir(tracking.download_model_dir(ref))
     path = Path(ref).expanduser()
     if not path.exists():
         raise DeepfakeError(
@@ -416,14 +405,3 @@ def sample_predictions(predictor: Predictor, split, class_names: Sequence[str], 
     if not picked:
         raise DeepfakeError("no decodable image in the chosen split; check the dataset")
     return picked
-
-
-def predict_split(predictor: Predictor, split, batch_size: int = 32) -> np.ndarray:
-    """Fake probabilities for every image of a dataset split, streamed through the training decoder."""
-    from deepfake.config import DataConfig
-    from deepfake.data import make_dataset
-
-    cfg = DataConfig(image_size=predictor.image_size, batch_size=batch_size, cache="none")
-    probs = [predictor.predict_arrays(images.numpy(), batch_size=batch_size)
-             for images, _ in make_dataset(split, cfg, training=False)]
-    return np.concatenate(probs) if probs else np.zeros((0,))

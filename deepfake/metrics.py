@@ -1,19 +1,15 @@
-"""Evaluation metrics (scikit-learn) and the files an evaluation writes.
+"""Evaluation metrics (scikit-learn): numbers only; :mod:`deepfake.evaluation` writes the files and
+:mod:`deepfake.plots` draws the figures.
 
 Labels: 0 = real (negative), 1 = fake (positive). Probabilities are the fake probability.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
-
-from deepfake import plots
 
 
 def _arrays(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
@@ -117,53 +113,6 @@ def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> float:
         if mask.any():
             ece += mask.mean() * abs(y[mask].mean() - p[mask].mean())
     return float(ece)
-
-
-def evaluate_predictions(
-    y_true,
-    y_prob,
-    out_dir: str | Path,
-    class_names: Sequence[str] = ("real", "fake"),
-    threshold: float = 0.5,
-    prefix: str = "test",
-    loss: float | None = None,
-) -> dict[str, Any]:
-    """Metrics at ``threshold`` and at 0.5, plus the JSON, text and PNG files of an evaluation."""
-    y, p = _arrays(y_true, y_prob)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    at_t = compute_metrics(y, p, threshold, loss)
-    at_half = compute_metrics(y, p, 0.5, loss)
-    files: list[Path] = []
-
-    def dump(name: str, data: Any) -> None:
-        path = out / f"{prefix}_{name}"
-        path.write_text(json.dumps(data, indent=2, default=_json_default))
-        files.append(path)
-
-    dump("metrics.json", {"threshold": threshold, "at_threshold": at_t, "at_0.5": at_half})
-    cm = confusion(y, p, threshold)
-    dump("confusion_matrix.json", {"labels": list(class_names), "threshold": threshold, "matrix": cm.tolist(),
-                                    "rows": "true", "columns": "predicted"})
-    files.append(plots.plot_confusion_matrix(cm, class_names, out / f"{prefix}_confusion_matrix.png",
-                                             title=f"{prefix} confusion matrix (threshold {threshold:.3f})"))
-    text, report = classification_report(y, p, threshold, class_names)
-    (out / f"{prefix}_classification_report.txt").write_text(text)
-    files.append(out / f"{prefix}_classification_report.txt")
-    dump("classification_report.json", report)
-    if _both_classes(y):
-        files.append(plots.plot_roc(y, p, out / f"{prefix}_roc_curve.png", threshold=threshold))
-        files.append(plots.plot_pr(y, p, out / f"{prefix}_pr_curve.png", threshold=threshold))
-    files.append(plots.plot_reliability(y, p, out / f"{prefix}_reliability.png"))
-    return {"metrics": at_t, "metrics_at_0.5": at_half, "files": [str(f) for f in files]}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if math.isnan(value) else float(value)
-    return str(value)
 
 
 COUNT_KEYS = ("n", "n_positive", "tp", "fp", "tn", "fn")

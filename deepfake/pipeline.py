@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deepfake import data as D
+from deepfake import evaluation
 from deepfake import metrics as MET
 from deepfake import model as M
 from deepfake import plots
 from deepfake import tracking
 from deepfake import training
+from deepfake.calibration import apply_temperature, fit_temperature
 from deepfake.config import Config
 from deepfake.features import FeatureCache
-from deepfake.inference import ModelMeta, save_detector
+from deepfake.inference import ModelMeta, example_frames, pip_requirements, pyfunc_artifacts, save_detector
+from deepfake.input_pipeline import make_dataset
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +67,12 @@ def prepare_dataset(cfg: Config, echo=print, progress: bool = True) -> D.Dataset
     return info
 
 
-def predict_split(model, split, cfg: Config, temperature: float = 1.0):
-    """Calibrated fake probabilities of one split, in file order."""
-    from deepfake.inference import apply_temperature
-
-    ds = D.make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
-    return apply_temperature(training.predict_probabilities(model, ds), temperature)
-
-
 def evaluate_split(model, split, cfg: Config, out_dir: Path, threshold: float, prefix: str,
                    temperature: float = 1.0) -> dict[str, Any]:
-    """Predict one split and write its metrics, confusion matrix, report and curves."""
-    probs = predict_split(model, split, cfg, temperature)
-    return MET.evaluate_predictions(
+    """Predict one split (calibrated, in file order) and write its metrics, confusion matrix, report and curves."""
+    ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
+    probs = apply_temperature(training.predict_probabilities(model, ds), temperature)
+    return evaluation.evaluate_predictions(
         split.labels, probs, out_dir, class_names=cfg.data.class_names, threshold=threshold, prefix=prefix
     ) | {"probs": probs}
 
@@ -120,8 +116,8 @@ def run(
             cfg.save(out_dir / "config.yaml")
         else:
             tracking.set_tags({"resumed": "true"})
-        train_ds = D.make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
-        val_ds = D.make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
+        train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
+        val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
         class_weight = info.class_weights() if cfg.data.class_weights else None
 
         result = training.train(
@@ -141,14 +137,11 @@ def run(
         model = M.as_float32(result.model, cfg)  # evaluate, save and serve in float32
 
         # Temperature and threshold on validation; then the test split at that threshold and at 0.5.
-        from deepfake.evaluation import fit_temperature
-        from deepfake.inference import apply_temperature
-
         raw_val = training.predict_probabilities(model, val_ds)
         temperature = fit_temperature(info.splits["val"].labels, raw_val) if cfg.train.calibrate else 1.0
         val_ds_probs = apply_temperature(raw_val, temperature)
         threshold = MET.choose_threshold(info.splits["val"].labels, val_ds_probs, method="youden")
-        val_eval = MET.evaluate_predictions(
+        val_eval = evaluation.evaluate_predictions(
             info.splits["val"].labels, val_ds_probs, eval_dir, class_names=cfg.data.class_names,
             threshold=threshold, prefix="val",
         )
@@ -168,7 +161,8 @@ def run(
         tracking.log_metrics(test_eval["metrics_at_0.5"], prefix="test_at_0.5_")
         tracking.log_artifacts([eval_dir], "evaluation")
         tracking.log_artifacts([history_png], "evaluation")
-        model_uri = tracking.log_model(model_dir) if cfg.tracking.log_model else None
+        model_uri = (tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements())
+                     if cfg.tracking.log_model else None)
 
         echo(MET.format_metrics_table(test_eval["metrics"], title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
         echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
@@ -185,99 +179,3 @@ def run(
             files=test_eval["files"],
             seconds=time.time() - started,
         )
-
-
-def evaluate_model(
-    model_ref: str,
-    info: D.DatasetInfo,
-    out_dir: str | Path,
-    *,
-    split: str = "test",
-    prefix: str | None = None,
-    echo=print,
-) -> dict[str, Any]:
-    """Evaluate a saved detector (folder, file or MLflow URI) on one split of any dataset."""
-    from deepfake.inference import load_predictor, predict_split
-
-    predictor = load_predictor(model_ref)
-    probs = predict_split(predictor, info.splits[split])
-    result = MET.evaluate_predictions(
-        info.splits[split].labels, probs, out_dir, class_names=info.class_names,
-        threshold=predictor.meta.threshold, prefix=prefix or split,
-    )
-    echo(MET.format_metrics_table(result["metrics"], title=f"{model_ref} on {info.root} [{split}]"))
-    return result | {"probs": probs, "predictor": predictor}
-
-
-def register_and_promote(
-    model_uri: str,
-    cfg: Config,
-    info: D.DatasetInfo,
-    *,
-    version_tags: dict[str, Any] | None = None,
-    out_dir: str | Path = "outputs/registry",
-    force: bool = False,
-    echo=print,
-) -> dict[str, Any]:
-    """Register ``model_uri`` and move the ``champion`` alias to it if it beats the champion.
-
-    Both models are evaluated on the same test split; the comparison is printed and recorded
-    as tags on the new version (and returned, for the caller to log on its run).
-
-    Idempotent per run: a run already registered keeps its version, and its recorded comparison
-    is returned without comparing again (unless ``force``). A registration interrupted before its
-    comparison was recorded is completed.
-    """
-    name = cfg.tracking.registered_model
-    version = tracking.register_model(model_uri, name, tags=version_tags)
-    tags = tracking.version_info(name, version)["tags"]
-    if COMPARISON_DONE in tags and not force:
-        record = _recorded_comparison(name, tags)
-        verdict = "promoted to @champion" if record["promoted"] else "not promoted"
-        echo(f"{name} v{version}: already registered for this run ({verdict}: {record.get('reason')}); nothing to do")
-        return record
-    return promote(name, version, info, out_dir=out_dir, force=force, echo=echo)
-
-
-COMPARISON_DONE = "comparison.reason"  # promote() writes this version tag last: the comparison is complete
-
-
-def _recorded_comparison(name: str, tags: dict[str, str]) -> dict[str, Any]:
-    """The comparison record that :func:`promote` stored as ``comparison.*`` version tags."""
-    record: dict[str, Any] = {"name": name}
-    record |= {k[len("comparison."):]: v for k, v in tags.items() if k.startswith("comparison.")}
-    record["promoted"] = record.get("promoted") == "True"
-    record["champion_version"] = None if record.get("champion_version") in (None, "None") else record["champion_version"]
-    for key in ("challenger_test_roc_auc", "champion_test_roc_auc"):
-        if key in record:
-            record[key] = float(record[key])
-    return record
-
-
-def promote(name: str, version: str, info: D.DatasetInfo, *, out_dir: str | Path = "outputs/registry",
-            force: bool = False, echo=print) -> dict[str, Any]:
-    """Compare ``version`` with the current champion on ``info``'s test split; promote if better."""
-    out_dir = Path(out_dir)
-    current = tracking.alias_version(name)
-    challenger = evaluate_model(tracking.version_uri(name, version), info, out_dir / f"v{version}", echo=lambda s: None)
-    new_auc = challenger["metrics"]["roc_auc"]
-    record: dict[str, Any] = {"name": name, "version": version, "challenger_test_roc_auc": new_auc,
-                              "champion_version": current, "test_data": info.root}
-    if current is None or current == version:
-        promoted, reason = True, "no champion yet" if current is None else "already champion"
-    else:
-        champion = evaluate_model(tracking.version_uri(name, current), info, out_dir / f"v{current}", echo=lambda s: None)
-        old_auc = champion["metrics"]["roc_auc"]
-        record["champion_test_roc_auc"] = old_auc
-        promoted = force or new_auc > old_auc
-        reason = (f"forced" if force and not new_auc > old_auc else
-                  f"test ROC-AUC {new_auc:.4f} {'>' if new_auc > old_auc else '<='} champion v{current} {old_auc:.4f}")
-    if promoted:
-        tracking.set_alias(name, version)
-    record.update(promoted=promoted, reason=reason)
-    # The alias first, then the tags, "reason" (COMPARISON_DONE) last: a kill in between leaves the version
-    # without a complete comparison, and the next registration of the run completes it.
-    tracking.set_version_tags(name, version, {f"comparison.{k}": v for k, v in record.items() if k != "name"})
-    verdict = "promoted to @champion" if promoted else "not promoted; champion stays"
-    echo(f"{name} v{version}: {verdict} ({reason})")
-    return record

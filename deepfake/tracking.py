@@ -8,7 +8,6 @@ Default tracking is embedded: ``sqlite:///mlflow.db`` in the working directory. 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import keras
 import mlflow
@@ -26,6 +25,11 @@ import mlflow.pyfunc
 
 from deepfake.config import Config, TrackingConfig, default_tracking_uri
 from deepfake.errors import DeepfakeError, first_line
+
+if TYPE_CHECKING:
+    from mlflow.data.pandas_dataset import PandasDataset
+
+    from deepfake.data import DatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,18 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No "Downloading artifacts" progress bars in the block: MLflow draws one per download, several per model
+    load, and they flood the output of predict, evaluate and suite. The user's own
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` wins."""
+    with _environment({} if PROGRESS_BAR_ENV in os.environ else {PROGRESS_BAR_ENV: "false"}):
+        yield
+
+
 def unreachable(exc: BaseException) -> str | None:
     """One line naming the tracking store when ``exc`` (or an error behind it) means it cannot be reached
     (connection refused or timed out, retries exhausted); None for any other error."""
@@ -169,6 +185,11 @@ def setup(tracking: TrackingConfig) -> str:
     return uri
 
 
+class RunPruned(Exception):
+    """Raised inside :func:`start_run` to end the run as pruned: status KILLED and the tag ``state=PRUNED``
+    (a pruned Optuna trial raises one, :class:`deepfake.tuning.TrialPruned`)."""
+
+
 @contextlib.contextmanager
 def start_run(
     run_name: str | None = None,
@@ -179,8 +200,8 @@ def start_run(
 ) -> Iterator[Any]:
     """An MLflow run (resumed when ``run_id`` is given, nested under ``parent_run_id``).
 
-    On an exception the run ends FAILED (KILLED for Ctrl-C) with a ``state`` tag; an exception
-    may carry ``run_state`` (e.g. "PRUNED") to say what happened instead.
+    On an exception the run ends FAILED (KILLED for Ctrl-C) with a ``state`` tag and the error; a
+    :class:`RunPruned` ends it KILLED with ``state=PRUNED``.
     """
     if run_id is None and parent_run_id is None:
         run_id = claim_project_run()
@@ -195,7 +216,7 @@ def start_run(
         mlflow.set_tag("state", "KILLED")
         raise
     except BaseException as exc:
-        state = getattr(exc, "run_state", "FAILED")
+        state = "PRUNED" if isinstance(exc, RunPruned) else "FAILED"
         status = "KILLED" if state == "PRUNED" else "FAILED"
         outage = unreachable(exc) is not None
         if not outage:  # with the store unreachable these would only wait out the same retries again
@@ -275,11 +296,6 @@ def log_figure(figure, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
-def active_run_id() -> str | None:
-    run = mlflow.active_run()
-    return run.info.run_id if run else None
-
-
 def log_config(cfg: Config, out_dir: str | Path | None = None) -> None:
     """Resolved config as params (flattened keys) and as ``config.yaml``; package versions as tags."""
     params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cfg.flat().items()}
@@ -312,8 +328,36 @@ def log_weights_info(info) -> None:
     set_tags(tags)
 
 
-def log_dataset(info) -> None:
-    """Dataset summary (counts per split and class, skipped files) as JSON, text and params."""
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow dataset input contexts
+
+
+def split_dataset(info: DatasetInfo, split: str) -> PandasDataset:
+    """One split as an MLflow dataset: its files and labels (the digest changes when they do), named
+    ``<dataset folder>-<split>``, with the folder the files come from (``ROOT/train``, or ``ROOT`` for an
+    unsplit dataset) as its source."""
+    import warnings
+
+    import pandas as pd
+
+    files = info.splits[split]
+    frame = pd.DataFrame({"path": [str(p) for p in files.paths], "label": [int(y) for y in files.labels]})
+    folder = Path(os.path.commonpath(frame["path"].tolist())) if len(frame) else Path(info.root)
+    if not folder.is_dir():  # a split of one file
+        folder = folder.parent
+    with warnings.catch_warnings():  # MLflow registers its local source type twice and warns that it is ambiguous
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return mlflow.data.from_pandas(frame, source=folder.absolute().as_uri(), targets="label",
+                                       name=f"{Path(info.root).name}-{split}")
+
+
+def log_dataset(info: DatasetInfo, evaluated: str | None = None) -> None:
+    """Dataset summary (counts per split and class, skipped files) as JSON, text and params, and each split
+    as an MLflow dataset input (:func:`split_dataset`) with the context training, validation or testing, so
+    that the run shows its data lineage. An evaluation run names the split it ``evaluated``: that one is its
+    only input, with the context ``evaluation``."""
+    for name in info.splits if evaluated is None else [evaluated]:
+        mlflow.log_input(split_dataset(info, name),
+                         context="evaluation" if evaluated else SPLIT_CONTEXTS.get(name, name))
     summary = info.summary()
     mlflow.log_dict(summary, "dataset/summary.json")
     mlflow.log_text(info.report(), "dataset/report.txt")
@@ -356,10 +400,6 @@ def log_artifacts(paths, artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path)
 
 
-def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
-
-
 def log_dict(data: dict, artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
 
@@ -382,67 +422,27 @@ class EpochLogger(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- models
 
 
-# Set by MLflow's scoring server (`mlflow models serve`, and the images `mlflow models build-docker` makes).
-SCORING_SERVER_ENV = "__pyfunc_model_path__"
-SERVING_FLAG_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
+PYFUNC_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # MLflow runs it to get the pyfunc (models-from-code)
 
 
-class DeepfakePyfunc(mlflow.pyfunc.PythonModel):
-    """The registered detector as an MLflow pyfunc.
+def log_model(artifacts: dict[str, str], input_example, output_example, pip_requirements: list[str]) -> str:
+    """Log a detector as an MLflow pyfunc from code; return its model URI.
 
-    Input: a DataFrame with an ``image`` column of raw encoded bytes or base64 strings (any mix).
-    Output: ``fake_probability`` (``None`` when the row could not be answered), ``label`` (at the
-    threshold stored with the model) and ``error`` (empty when the row was answered). Decoding and
-    resizing are the training pipeline's own (:func:`deepfake.data.decode_image`).
-
-    File paths are read in one's own process (``mlflow.pyfunc.load_model``), never for a client of
-    a served model: in a process started by ``mlflow models serve`` (MLflow's scoring server, which
-    sets ``__pyfunc_model_path__`` before it loads the model) paths are refused unless the operator
-    names a folder (``path_root`` in the model config or the ``DEEPFAKE_SERVE_PATH_ROOT`` environment
-    variable; only files inside it). ``model_config={"allow_paths": False}`` refuses them locally too.
-    Predict-time ``params`` cannot enable it.
+    ``deepfake/pyfunc_model.py`` is logged as the model's code (MLflow runs it when the model is loaded;
+    nothing is pickled), the ``deepfake`` package as its code path, ``artifacts`` (name -> file, as
+    :func:`deepfake.inference.pyfunc_artifacts` gives them) as its files, and the signature is inferred from
+    the example input and output.
     """
-
-    def load_context(self, context) -> None:
-        import os
-
-        from deepfake.inference import PATH_ROOT_ENV, Predictor, path_access
-
-        config = getattr(context, "model_config", None) or {}
-        served = bool(os.environ.get(SCORING_SERVER_ENV) or os.environ.get(SERVING_FLAG_ENV))
-        self.predictor = Predictor.from_files(context.artifacts["keras_model"], context.artifacts["meta"])
-        self.predictor.paths = path_access(allow_paths=config.get("allow_paths", not served) is True,
-                                           root=config.get("path_root") or os.environ.get(PATH_ROOT_ENV))
-
-    def predict(self, context, model_input, params=None):
-        return self.predictor.predict_frame(model_input)
-
-
-def log_model(model_dir: str | Path, input_example=None, registered_model_name: str | None = None):
-    """Log the detector (``model.keras`` + ``model.meta.json`` in ``model_dir``) as an MLflow pyfunc.
-
-    Returns the model URI (``runs:/<run_id>/model``).
-    """
-    from deepfake import inference
-
-    model_dir = Path(model_dir)
-    artifacts = {
-        "keras_model": str(model_dir / inference.KERAS_FILE),
-        "meta": str(model_dir / inference.META_FILE),
-    }
-    example, output = inference.example_frames(inference.ModelMeta.load(model_dir / inference.META_FILE))
-    signature = mlflow.models.infer_signature(example, output)
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,
-        python_model=DeepfakePyfunc(),
-        # Safe defaults: no file paths. Whoever loads the model may override them (see DeepfakePyfunc).
+        python_model=str(PYFUNC_MODEL_CODE),
+        # Safe defaults: no file paths. Whoever loads the model may override them (see deepfake/pyfunc_model.py).
         model_config={"allow_paths": False, "path_root": ""},
-        code_paths=[str(Path(inference.__file__).parent)],
+        code_paths=[str(PYFUNC_MODEL_CODE.parent)],
         artifacts=artifacts,
-        signature=signature,
-        input_example=input_example if input_example is not None else example,
-        pip_requirements=inference.pip_requirements(),
-        registered_model_name=registered_model_name,
+        signature=mlflow.models.infer_signature(input_example, output_example),
+        input_example=input_example,
+        pip_requirements=pip_requirements,
     )
     return info.model_uri
 
@@ -451,18 +451,12 @@ def run_model_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
 
 
-def load_pyfunc(uri: str):
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except Exception as exc:
-        first = first_line(exc)
-        raise DeepfakeError(f"--model {uri}: cannot load this MLflow model ({first})") from None
-
-
 def download_model_dir(uri: str) -> Path:
     """Download a logged detector's ``model.keras`` and ``model.meta.json``; return their folder."""
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="deepfake-model-")))
+        with quiet_downloads():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                             dst_path=tempfile.mkdtemp(prefix="deepfake-model-")))
     except Exception as exc:
         first = first_line(exc)
         raise DeepfakeError(
@@ -482,13 +476,6 @@ def run_info(run_id: str) -> dict[str, Any]:
             "status": run.info.status, "artifact_uri": run.info.artifact_uri}
 
 
-def write_json(path: str | Path, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return path
-
-
 def active_tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
@@ -496,6 +483,12 @@ def active_tracking_uri() -> str:
 def is_model_uri(ref: str) -> bool:
     """``models:/…``, ``runs:/…`` and other URI schemes MLflow resolves (not plain paths)."""
     return ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "dbfs:/"))
+
+
+def local_model(ref: str) -> str:
+    """Where the model ``ref`` names is on this machine: an MLflow model URI (:func:`is_model_uri`) is
+    downloaded first (:func:`download_model_dir`); a folder or file path is returned as it is."""
+    return str(download_model_dir(ref)) if is_model_uri(ref) else ref
 
 
 def model_run_id(model_uri: str) -> str | None:
@@ -582,8 +575,9 @@ def version_uri(name: str, version: str) -> str:
 def download_run_artifacts(run_id: str, path: str = "") -> Path:
     """Download a run's artifacts (or those under ``path``) to a temporary folder."""
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path or None,
-                                                        dst_path=tempfile.mkdtemp(prefix="deepfake-run-")))
+        with quiet_downloads():
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path or None,
+                                                            dst_path=tempfile.mkdtemp(prefix="deepfake-run-")))
     except Exception as exc:
         first = first_line(exc)
         raise DeepfakeError(f"--run {run_id}: cannot read this run's artifacts ({first})") from None

@@ -34,15 +34,10 @@ from optuna_integration import KerasPruningCallback
 from deepfake import config as C
 from deepfake import pipeline, tracking
 from deepfake.errors import DeepfakeError, first_line
+from deepfake.objectives import METRICS
 
 log = logging.getLogger(__name__)
 
-METRICS = {  # --metric -> (key in pipeline's validation metrics, direction, Keras per-epoch log key)
-    "val_auc": ("roc_auc", "maximize", "val_auc"),
-    "val_average_precision": ("average_precision", "maximize", "val_auc"),
-    "val_accuracy": ("accuracy", "maximize", "val_accuracy"),
-    "val_loss": ("log_loss", "minimize", "val_loss"),
-}
 DISTRIBUTION_KEYS = {"type", "low", "high", "log", "step", "choices"}
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's MLflow run, recorded as soon as the run starts
@@ -410,6 +405,10 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | Non
     raise AssertionError("unreachable")
 
 
+class TrialPruned(optuna.TrialPruned, tracking.RunPruned):
+    """Optuna's signal that a trial was pruned, which also ends the trial's MLflow run as PRUNED."""
+
+
 class _PruningCallback(KerasPruningCallback):
     """Optuna's Keras pruning callback; a pruned trial's MLflow run is tagged ``state=PRUNED``."""
 
@@ -417,8 +416,7 @@ class _PruningCallback(KerasPruningCallback):
         try:
             super().on_epoch_end(epoch, logs)
         except optuna.TrialPruned as exc:
-            exc.run_state = "PRUNED"  # read by tracking.start_run when it ends the run
-            raise
+            raise TrialPruned(*exc.args) from None
 
 
 def _parent_run(study: optuna.Study, cfg: C.Config, study_name: str, storage_url: str) -> str:
@@ -741,19 +739,3 @@ def _plots(study: optuna.Study) -> dict[str, Any]:
         except Exception as exc:  # e.g. importances need 2+ complete trials with varying params
             log.info("skipped the %s plot: %s", name, exc)
     return figures
-
-
-def study_summary(study_name: str, storage: str) -> dict[str, Any]:
-    """Trial counts and best trial of an existing study (for status output and tests)."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise DeepfakeError(f"--study-name {study_name}: no such study in {_redact(storage)}") from None
-    trials = study.get_trials(deepcopy=False)
-    return {
-        "numbers": [t.number for t in trials],
-        "states": [t.state.name for t in trials],
-        "best_model_uri": study.best_trial.user_attrs.get("model_uri") if any(
-            t.state == TrialState.COMPLETE for t in trials) else None,
-        "parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR),
-    }

@@ -161,8 +161,7 @@ def test_lite_detector_saves_loads_explains_and_exports(tmp_path):
 
     from deepfake.cli import main
     from deepfake.explain import grad_cam
-    from deepfake.export import OnnxModel
-    from deepfake.inference import ModelMeta, Predictor, save_detector
+    from deepfake.inference import ModelMeta, OnnxModel, Predictor, save_detector
 
     model = M.build_model(cfg("model.backbone=efficientnet_lite0", "data.image_size=64", "model.weights=none",
                               "model.head_units=[8]", "model.representation=npr"))
@@ -176,3 +175,13 @@ def test_lite_detector_saves_loads_explains_and_exports(tmp_path):
     assert result.exit_code == 0, result.output
     onnx = OnnxModel(tmp_path / "onnx" / "model.onnx")
     assert np.abs(onnx.predict(x) - model.predict(x, verbose=0)).max() < 1e-3
+
+
+def test_default_search_space_tries_the_backbones():
+    from deepfake.tuning import load_search_space
+
+    space = load_search_space("search_space")
+    choices = space.params["model.backbone"]["choices"]
+    assert "efficientnet_lite0" in choices and set(choices) <= set(B.names())
+    for name in choices:  # every choice is a valid configuration
+        cfg(f"model.backbone={name}")

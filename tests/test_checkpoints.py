@@ -21,6 +21,7 @@ from deepfake import data as D
 from deepfake import model as M
 from deepfake import training as T
 from deepfake.cli import main
+from deepfake.input_pipeline import make_dataset
 
 SIZE = 32
 SETTINGS = {
@@ -36,8 +37,8 @@ def tiny_cfg(data_path, tmp_path):
 
 def datasets(cfg):
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, check_images=False)
-    return (D.make_dataset(info.splits["train"], cfg.data, training=True, seed=1),
-            D.make_dataset(info.splits["val"], cfg.data, training=False, seed=1))
+    return (make_dataset(info.splits["train"], cfg.data, training=True, seed=1),
+            make_dataset(info.splits["val"], cfg.data, training=False, seed=1))
 
 
 class EpochsRun(keras.callbacks.Callback):
@@ -140,8 +141,8 @@ KILL_MID_SAVE = textwrap.dedent("""
     keras.Model.save = save
     cfg = C.resolve(set_args=[f"data.path={data}", *sets])
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, check_images=False)
-    train_ds = D.make_dataset(info.splits["train"], cfg.data, training=True, seed=1)
-    val_ds = D.make_dataset(info.splits["val"], cfg.data, training=False, seed=1)
+    train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=1)
+    val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=1)
     T.train(cfg, train_ds, val_ds, out, verbose=0)
 """)
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from deepfake import backbones
 from deepfake import config as C
 from deepfake.errors import DeepfakeError
 
@@ -64,9 +65,26 @@ def test_resolved_config_round_trips(tmp_path):
     assert flat["train.epochs"] == 3 and flat["data.augment.flip"] is True
 
 
-@pytest.mark.parametrize("name", C.shipped_names())
-def test_shipped_configs_are_valid(name):
-    C.resolve([C.shipped("configs", f"{name}.yaml")])
+SHIPPED_CONFIGS = ["ai_vs_real", "default", "demo"]  # README: "The configurations default, demo and ai_vs_real"
+
+
+def test_shipped_configs_are_found_by_name():
+    assert C.shipped_names() == SHIPPED_CONFIGS
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_shipped_configs_resolve_to_their_own_values(name):
+    """Each shipped file is valid and every value it sets reaches the resolved configuration."""
+    import yaml
+
+    path = C.shipped("configs", f"{name}.yaml")
+    written = C.flatten(yaml.safe_load(path.read_text()))
+    assert written, f"{name}.yaml sets nothing"
+    cfg = C.resolve([name])  # found by name, as --config NAME finds it
+    if written.get("data.image_size") == 0:  # 0 means the backbone's native size
+        written["data.image_size"] = backbones.get(cfg.model.backbone).native_size
+    flat = cfg.flat()
+    assert {key: flat[key] for key in written} == written
 
 
 def test_default_tracking_uri(monkeypatch):

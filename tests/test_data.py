@@ -2,8 +2,6 @@
 
 import io
 import shutil
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +9,10 @@ from PIL import Image
 
 from deepfake import config as C
 from deepfake import data as D
+from deepfake import images as IM
+from deepfake import input_pipeline as IP
 from deepfake.errors import DeepfakeError
+from tests.helpers import png_bomb
 
 
 def dcfg(path, *sets):
@@ -33,16 +34,6 @@ def write_image(path, mode="RGB", size=(20, 16), fmt=None):
         img = img.convert(mode)  # CMYK ...
     assert img.mode == mode
     img.save(path, format=fmt)
-    return path
-
-
-def png_bomb(path, width=50000, height=50000):
-    """A tiny PNG whose header declares width x height pixels (a decompression bomb)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    path.write_bytes(body)
     return path
 
 
@@ -213,9 +204,9 @@ def test_check_image_accepts_every_supported_format(tmp_path):
                             ("d.gif", "P", "GIF"), ("e.png", "L", "PNG"), ("f.png", "P", "PNG"),
                             ("g.jpg", "CMYK", "JPEG"), ("h.webp", "RGBA", "WEBP"), ("i.tif", "RGB", "TIFF"),
                             ("j.jpg", "RGB", "WEBP")]:  # the format counts, not the extension
-        assert D.check_image(write_image(tmp_path / name, mode=mode, fmt=fmt)) is None, name
+        assert IM.check_image(write_image(tmp_path / name, mode=mode, fmt=fmt)) is None, name
     ico = write_image(tmp_path / "k.png", fmt="ICO")  # a format Pillow knows but that is not accepted
-    assert D.check_image(ico) == "not an image in a supported format (JPEG, PNG, BMP, GIF, WebP, TIFF)"
+    assert IM.check_image(ico) == "not an image in a supported format (JPEG, PNG, BMP, GIF, WebP, TIFF)"
 
 
 @pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("RGB", "WEBP"), ("RGBA", "WEBP"), ("RGB", "TIFF"),
@@ -227,11 +218,11 @@ def test_cmyk_webp_and_tiff_decode_to_the_pixels_pillow_sees(tmp_path, mode, fmt
     img = Image.fromarray(arr)
     (img.convert(mode) if mode != "P" else img.convert("P", palette=Image.Palette.ADAPTIVE)).save(
         path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-    ours = D.load_image(path, 32)
+    ours = IM.load_image(path, 32)
     np.testing.assert_allclose(ours, np.asarray(Image.open(path).convert("RGB"), dtype=np.float32), atol=2)
     np.testing.assert_allclose(ours[0, 0], (200, 30, 40), atol=6)
     # The tf.data pipeline (training, evaluation) reads them too.
-    x, _ = next(iter(D.make_dataset(D.Split([str(path)], [1]), dcfg(tmp_path, "data.cache=none"), training=False)))
+    x, _ = next(iter(IP.make_dataset(D.Split([str(path)], [1]), dcfg(tmp_path, "data.cache=none"), training=False)))
     np.testing.assert_allclose(x.numpy()[0], ours, atol=1e-3)
 
 
@@ -252,14 +243,14 @@ def test_dataset_reads_webp_tiff_cmyk_and_lists_symlink_problems(tiny_split_data
     assert reasons == {"loop_a.jpg": "cannot read: symlink loop", "loop_b.jpg": "cannot read: symlink loop",
                        "dangling.png": "cannot read: broken symlink (its target does not exist)"}
     assert "skipped 3 unreadable" in info.report()
-    assert all(ext in D.IMAGE_EXTENSIONS for ext in (".jpeg", ".webp", ".tif", ".tiff"))
+    assert all(ext in IM.IMAGE_EXTENSIONS for ext in (".jpeg", ".webp", ".tif", ".tiff"))
 
 
 @pytest.mark.parametrize("mode, fmt", [("RGB", "JPEG"), ("RGBA", "PNG"), ("RGB", "BMP"), ("P", "GIF"),
                                        ("L", "PNG"), ("P", "PNG"), ("L", "JPEG")])
 def test_decode_image_gives_rgb_float_in_range(tmp_path, mode, fmt):
     path = write_image(tmp_path / f"x.{fmt.lower()}", mode=mode, size=(50, 30), fmt=fmt)
-    img = D.load_image(path, 32)
+    img = IM.load_image(path, 32)
     assert img.shape == (32, 32, 3) and img.dtype == np.float32
     assert 0 <= img.min() and img.max() <= 255 and img.max() > 1  # pixels, not 0..1
     if mode == "L":
@@ -268,7 +259,7 @@ def test_decode_image_gives_rgb_float_in_range(tmp_path, mode, fmt):
 
 def test_decode_matches_pillow_without_resize(tmp_path):
     path = write_image(tmp_path / "p.png", size=(32, 32))
-    ours = D.load_image(path, 32)
+    ours = IM.load_image(path, 32)
     np.testing.assert_allclose(ours, np.asarray(Image.open(path).convert("RGB"), dtype=np.float32), atol=0.5)
 
 
@@ -278,7 +269,7 @@ def test_decode_matches_pillow_without_resize(tmp_path):
 def test_make_dataset_shapes_labels_and_order(tiny_split_dataset):
     cfg = dcfg(tiny_split_dataset)
     info = D.scan_dataset(cfg)
-    ds = D.make_dataset(info.splits["test"], cfg, training=False)
+    ds = IP.make_dataset(info.splits["test"], cfg, training=False)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     x, y = np.concatenate(xs), np.concatenate(ys)
     assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
@@ -290,7 +281,7 @@ def test_training_shuffle_is_seeded(tiny_split_dataset):
     split = D.scan_dataset(cfg).splits["train"]
 
     def labels(seed):
-        return np.concatenate([y.numpy() for _, y in D.make_dataset(split, cfg, training=True, seed=seed)])
+        return np.concatenate([y.numpy() for _, y in IP.make_dataset(split, cfg, training=True, seed=seed)])
 
     assert np.array_equal(labels(3), labels(3))
     assert not np.array_equal(labels(3), labels(4))
@@ -300,11 +291,11 @@ def test_training_shuffle_is_seeded(tiny_split_dataset):
 def test_cache_mode_auto_streams_large_datasets(tiny_split_dataset):
     cfg = dcfg(tiny_split_dataset)
     split = D.scan_dataset(cfg).splits["train"]
-    assert D._cache_mode(split, cfg) == "memory"  # 16 images of 32 px: cached after decoding
+    assert IP._cache_mode(split, cfg) == "memory"  # 16 images of 32 px: cached after decoding
     big = D.Split(split.paths * 20000, split.labels * 20000)  # 320k images would exceed 1 GiB
-    assert D._cache_mode(big, cfg) == "none"  # streamed from disk every epoch
+    assert IP._cache_mode(big, cfg) == "none"  # streamed from disk every epoch
     cfg_none = dcfg(tiny_split_dataset, "data.cache=none")
-    assert sum(int(y.shape[0]) for _, y in D.make_dataset(split, cfg_none, training=True)) == 16
+    assert sum(int(y.shape[0]) for _, y in IP.make_dataset(split, cfg_none, training=True)) == 16
 
 
 def _asym_image():
@@ -321,13 +312,13 @@ def test_augmentations_each_do_their_job():
     img = _asym_image()
     seed = tf.constant([1, 2], dtype=tf.int64)
     off = C.AugmentConfig(flip=False, blur_prob=0.0, jpeg_prob=0.0)
-    np.testing.assert_array_equal(D.augment_image(img, seed, off).numpy(), img.numpy())
-    flips = [D._flip(img, tf.constant([s, 0], dtype=tf.int64), C.AugmentConfig()).numpy() for s in range(12)]
+    np.testing.assert_array_equal(IP.augment_image(img, seed, off).numpy(), img.numpy())
+    flips = [IP._flip(img, tf.constant([s, 0], dtype=tf.int64), C.AugmentConfig()).numpy() for s in range(12)]
     assert any(np.array_equal(f, img.numpy()[:, ::-1]) for f in flips)
     assert any(np.array_equal(f, img.numpy()) for f in flips)
-    blurred = D._blur(img, seed, C.AugmentConfig(blur_prob=1.0, blur_sigma_max=3.0)).numpy()
+    blurred = IP._blur(img, seed, C.AugmentConfig(blur_prob=1.0, blur_sigma_max=3.0)).numpy()
     assert 0 < blurred[:, 4].mean() < 255 and blurred.shape == img.shape
-    jpeg = D._jpeg_recompress(img, seed, C.AugmentConfig(jpeg_prob=1.0, jpeg_quality_min=30)).numpy()
+    jpeg = IP._jpeg_recompress(img, seed, C.AugmentConfig(jpeg_prob=1.0, jpeg_quality_min=30)).numpy()
     assert jpeg.shape == img.shape and not np.array_equal(jpeg, img.numpy())
 
 

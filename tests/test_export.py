@@ -6,8 +6,7 @@ from click.testing import CliRunner
 from deepfake import config as C
 from deepfake import model as M
 from deepfake.cli import main
-from deepfake.export import OnnxModel
-from deepfake.inference import ModelMeta, Predictor, save_detector
+from deepfake.inference import ModelMeta, OnnxModel, Predictor, save_detector
 
 
 def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset):

@@ -10,6 +10,7 @@ from deepfake import data as D
 from deepfake import features as F
 from deepfake import model as M
 from deepfake import training as T
+from deepfake.input_pipeline import make_dataset
 
 
 def cfg_for(root, tmp_path, *sets):
@@ -48,7 +49,7 @@ def test_cached_features_through_the_head_match_the_full_model(tiny_split_datase
     model = M.build_model(cfg)
     feats = F.FeatureCache(cfg).get(model, info.splits["val"])
     via_cache = M.head_of(model).predict(feats, verbose=0)
-    full = model.predict(D.make_dataset(info.splits["val"], cfg.data, training=False), verbose=0)
+    full = model.predict(make_dataset(info.splits["val"], cfg.data, training=False), verbose=0)
     np.testing.assert_allclose(via_cache, full, atol=1e-5)
 
 
@@ -93,8 +94,8 @@ def test_cache_key_names_the_backbone(tiny_split_dataset, tmp_path):
 def test_phase_one_from_cache_trains_and_checkpoints_the_full_model(tiny_split_dataset, tmp_path):
     cfg = cfg_for(tiny_split_dataset, tmp_path, "train.epochs=2", "train.fine_tune_epochs=1", "train.patience=5")
     info = D.scan_dataset(cfg.data)
-    train_ds = D.make_dataset(info.splits["train"], cfg.data, training=True)
-    val_ds = D.make_dataset(info.splits["val"], cfg.data, training=False)
+    train_ds = make_dataset(info.splits["train"], cfg.data, training=True)
+    val_ds = make_dataset(info.splits["val"], cfg.data, training=False)
     cache = F.FeatureCache(cfg)
     result = T.train(cfg, train_ds, val_ds, tmp_path / "ckpt", features=cache.provider(info), verbose=0)
     assert cache.misses == 2  # train and val computed once

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from deepfake import config as C
-from deepfake import pipeline, tracking
+from deepfake import pipeline, registry, tracking
 from deepfake.cli import main
-from tests.test_data import png_bomb
+from tests.helpers import png_bomb
 
 CHAMPION = "models:/deepfake-detector@champion"
 PATH_ROOT_ENV = "DEEPFAKE_SERVE_PATH_ROOT"  # documented: the folder a served model may read paths from
@@ -42,7 +42,7 @@ def champion(tmp_path_factory, tiny_split_dataset):
     ])
     tracking.setup(cfg.tracking)
     result = pipeline.run(cfg, verbose=0, echo=lambda s: None)
-    record = pipeline.register_and_promote(result.model_uri, cfg, result.dataset, out_dir=root / "reg",
+    record = registry.register_and_promote(result.model_uri, cfg, result.dataset, out_dir=root / "reg",
                                            echo=lambda s: None)
     assert record["promoted"]
     return {"uri": uri, "model_dir": result.model_dir, "data": Path(tiny_split_dataset), "root": root}
@@ -184,14 +184,28 @@ def test_error_rows_serve_as_json_null_not_nan(champion, images, monkeypatch):
     assert rows[1]["error"] and rows[2]["error"] == "empty input"
 
 
-def test_pyfunc_threshold_is_the_one_stored_with_the_model(champion):
-    from deepfake.inference import Predictor
-
-    predictor = Predictor.from_dir(champion["model_dir"])
-    meta = json.loads((Path(champion["model_dir"]) / "model.meta.json").read_text())
-    assert predictor.meta.threshold == meta["threshold"]
-    assert predictor.label_of(meta["threshold"]) == "fake"
-    assert predictor.label_of(max(meta["threshold"] - 1e-6, 0)) == ("real" if meta["threshold"] > 0 else "fake")
+def test_pyfunc_labels_at_the_threshold_stored_with_the_model(champion, tmp_path, monkeypatch):
+    """The registered pyfunc carries the threshold training chose on validation (the run's ``threshold``
+    metric) and labels at the threshold stored with the model, whatever it is (not at 0.5)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion["uri"])
+    mlflow.set_tracking_uri(champion["uri"])
+    version = mlflow.MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
+    chosen = mlflow.get_run(version.run_id).data.metrics["threshold"]
+    local = Path(mlflow.artifacts.download_artifacts(CHAMPION, dst_path=str(tmp_path / "model")))
+    (meta_path,) = local.rglob("model.meta.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["threshold"] == pytest.approx(chosen)
+    frame = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode()
+                                    for p in sorted(champion["data"].rglob("*.jpg"))]})
+    probs = mlflow.pyfunc.load_model(str(local)).predict(frame)["fake_probability"].astype(float)
+    # Store other thresholds: just above every probability, then at the lowest one. No fixed threshold
+    # could give both answers; the pyfunc labels by the one stored with the model.
+    for threshold, label in ((float(np.nextafter(probs.max(), 2.0)), "real"), (float(probs.min()), "fake")):
+        meta["threshold"] = threshold
+        meta_path.write_text(json.dumps(meta))
+        out = mlflow.pyfunc.load_model(str(local)).predict(frame)
+        assert out["fake_probability"].astype(float).tolist() == pytest.approx(probs.tolist())
+        assert set(out["label"]) == {label}, (threshold, out)
 
 
 def test_predict_cli_folders_globs_outputs_and_exit_codes(champion, images, tmp_path):

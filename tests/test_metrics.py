@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from deepfake import evaluation as E
 from deepfake import metrics as MET
 from deepfake import plots
 
@@ -83,7 +84,7 @@ def test_classification_report_per_class():
 
 
 def test_evaluate_predictions_writes_every_file(tmp_path):
-    out = MET.evaluate_predictions(Y, P, tmp_path, class_names=("real", "fake"), threshold=0.65, prefix="test")
+    out = E.evaluate_predictions(Y, P, tmp_path, class_names=("real", "fake"), threshold=0.65, prefix="test")
     names = {p.split("/")[-1] for p in out["files"]}
     assert names == {
         "test_metrics.json", "test_confusion_matrix.json", "test_confusion_matrix.png", "test_classification_report.txt",

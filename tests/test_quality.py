@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from deepfake import calibration
 from deepfake import config as C
 from deepfake import data as D
 from deepfake import evaluation as E
@@ -90,14 +91,13 @@ def test_temperature_scaling_recovers_the_overconfidence_factor():
     z = rng.normal(0, 2, 20000)
     y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)  # labels drawn from sigmoid(z)
     overconfident = 1 / (1 + np.exp(-3 * z))  # a model whose logits are 3x too large
-    t = E.fit_temperature(y, overconfident)
+    t = calibration.fit_temperature(y, overconfident)
     assert t == pytest.approx(3.0, rel=0.1)
-    from deepfake.inference import apply_temperature
     from deepfake.metrics import compute_metrics
 
-    calibrated = apply_temperature(overconfident, t)
+    calibrated = calibration.apply_temperature(overconfident, t)
     assert compute_metrics(y, calibrated)["ece"] < compute_metrics(y, overconfident)["ece"]
-    assert E.fit_temperature([1, 1], [0.2, 0.9]) == 1.0
+    assert calibration.fit_temperature([1, 1], [0.2, 0.9]) == 1.0
 
 
 def test_leakage_finds_exact_and_near_duplicates_and_dedupe_removes_later_copies(tiny_split_dataset, tmp_path):

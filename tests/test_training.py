@@ -13,6 +13,7 @@ from deepfake import model as M
 from deepfake import training as T
 from deepfake.cli import main
 from deepfake.demo import make_demo_dataset
+from deepfake.input_pipeline import make_dataset
 
 SIZE = 32
 
@@ -36,8 +37,8 @@ def tiny_cfg(data_path, tmp_path, **sets):
 
 def datasets(cfg):
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, check_images=False)
-    return (info, D.make_dataset(info.splits["train"], cfg.data, training=True, seed=1),
-            D.make_dataset(info.splits["val"], cfg.data, training=False, seed=1))
+    return (info, make_dataset(info.splits["train"], cfg.data, training=True, seed=1),
+            make_dataset(info.splits["val"], cfg.data, training=False, seed=1))
 
 
 def test_two_phases_checkpoints_and_frozen_batchnorm(demo_dir, tmp_path):
@@ -148,6 +149,7 @@ def test_cli_train_logs_everything_to_one_mlflow_run(demo_dir, tmp_path, monkeyp
     assert (tmp_path / "out" / "model" / "model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_cli_weights_warning_is_recorded_on_the_run(demo_dir, tmp_path, monkeypatch):
     """--weights auto offline: the run carries the random-init warning tag."""
     import keras

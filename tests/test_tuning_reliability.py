@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from deepfake import config as C
-from deepfake import pipeline, tracking, tuning
+from deepfake import registry, tracking, tuning
 from deepfake.cli import main
 from deepfake.errors import DeepfakeError
 from tests import fake_trials
@@ -378,7 +378,7 @@ def test_registration_is_idempotent_per_run_and_completes_an_interrupted_one(tmp
     cfg = C.resolve(set_args=[f"tracking.tracking_uri={uri}"])
     info = SimpleNamespace(root=str(tmp_path))
     aucs = {}
-    monkeypatch.setattr(pipeline, "evaluate_model",
+    monkeypatch.setattr(registry, "evaluate_model",
                         lambda ref, info, out, **kw: {"metrics": {"roc_auc": aucs[tracking.version_info(
                             "deepfake-detector", ref.rsplit("/", 1)[1])["run_id"]]}})
     client = mlflow.MlflowClient(uri)
@@ -387,7 +387,7 @@ def test_registration_is_idempotent_per_run_and_completes_an_interrupted_one(tmp
     first = _logged_model(uri)
     aucs[first] = 0.8
     for _ in range(3):  # a study finished and rerun: still one version of its best run
-        record = pipeline.register_and_promote(tracking.run_model_uri(first), cfg, info, echo=lines.append,
+        record = registry.register_and_promote(tracking.run_model_uri(first), cfg, info, echo=lines.append,
                                                version_tags={"source_run_id": first})
         assert record["version"] == "1" and record["promoted"] is True
     assert [str(v.version) for v in client.search_model_versions("name = 'deepfake-detector'")] == ["1"]
@@ -401,12 +401,12 @@ def test_registration_is_idempotent_per_run_and_completes_an_interrupted_one(tmp
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "evaluate_model", killed)
+        m.setattr(registry, "evaluate_model", killed)
         with pytest.raises(KeyboardInterrupt):
-            pipeline.register_and_promote(tracking.run_model_uri(second), cfg, info, echo=lines.append)
+            registry.register_and_promote(tracking.run_model_uri(second), cfg, info, echo=lines.append)
     assert "comparison.reason" not in client.get_model_version("deepfake-detector", "2").tags
     # ... and registering the run again completes that version instead of adding a third.
-    record = pipeline.register_and_promote(tracking.run_model_uri(second), cfg, info, echo=lines.append)
+    record = registry.register_and_promote(tracking.run_model_uri(second), cfg, info, echo=lines.append)
     assert record["version"] == "2" and record["promoted"] is True
     versions = client.search_model_versions("name = 'deepfake-detector'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]

@@ -1,8 +1,9 @@
-"""Command line: ``deepfake --help``. Each module below adds its commands to :data:`main`."""
+"""Command line: ``deepfake --help``. Each command lives in the module named after it and adds itself to
+:data:`main` when imported (``deepfake demo-data`` in ``demo_data.py``, and so on)."""
 
 from deepfake.cli.app import main
-from deepfake.cli import train_cmds  # noqa: F401  (registers demo-data, train, sample)
+from deepfake.cli import (  # noqa: F401,E402  (each module registers its command)
+    demo_data, evaluate, explain, export, predict, promote, register, report, sample, suite, train, tune,
+)
 
 __all__ = ["main"]
-from deepfake.cli import tune_cmds  # noqa: F401,E402  (registers tune, suite, register, promote, evaluate)
-from deepfake.cli import predict_cmds  # noqa: F401,E402  (registers predict, explain)

@@ -17,6 +17,10 @@ from deepfake import __version__, backbones
 from deepfake.errors import DeepfakeError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_MODEL_URI = "models:/deepfake-detector@champion"
+MODEL_HELP = "Model folder, .keras file or MLflow URI."
+SEARCH_SPACE_HELP = ("YAML search space (config keys -> distributions, sampler, pruner): a file, or a shipped one "
+                     "by name (search_space, search_space_demo).")
 
 # CLI option name -> config key. The MLproject entry points mirror these (tests check it).
 OPTION_TO_CONFIG = {
@@ -123,3 +127,15 @@ def require(value: Any, option: str, hint: str) -> Any:
     if value in (None, ""):
         raise DeepfakeError(f"{option} is required: {hint}")
     return value
+
+
+def load_detector(model_ref: str, tracking_uri: str | None = None):
+    """A model folder, ``.keras`` file or exported folder, or an MLflow model URI (downloaded from the
+    tracking store ``tracking_uri`` names) -> a loaded :class:`~deepfake.inference.Predictor`."""
+    from deepfake import tracking
+    from deepfake.config import TrackingConfig
+    from deepfake.inference import load_predictor
+
+    if tracking.is_model_uri(model_ref):
+        tracking.setup(TrackingConfig(tracking_uri=tracking_uri))
+    return load_predictor(tracking.local_model(model_ref))

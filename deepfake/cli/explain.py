@@ -1,0 +1,32 @@
+"""``deepfake explain``: a Grad-CAM heat map over one image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deepfake.cli.app import DEFAULT_MODEL_URI, MODEL_HELP, load_detector, main
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--model", "model_ref", default=DEFAULT_MODEL_URI, show_default=True, help=MODEL_HELP)
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="Where to save the figure [default: IMAGE_gradcam.png in the working directory].")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
+def explain(image, model_ref, out_path, tracking_uri) -> None:
+    """Save a Grad-CAM heat map over IMAGE next to the model's prediction."""
+    from deepfake.errors import DeepfakeError
+    from deepfake.explain import grad_cam, save_explanation
+
+    predictor = load_detector(model_ref, tracking_uri)
+    try:
+        pixels = predictor.decode(image)
+    except (ValueError, OSError) as exc:
+        raise DeepfakeError(f"{image}: {exc}") from None
+    heat, prob = grad_cam(predictor, pixels)
+    label = predictor.label_of(prob)
+    out = Path(out_path or f"{Path(image).stem}_gradcam.png")
+    save_explanation(pixels, heat, label, prob, out, title=Path(image).name)
+    click.echo(f"{image}: {label} (fake probability {prob:.4f}); Grad-CAM saved to {out}")

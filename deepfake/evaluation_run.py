@@ -1,0 +1,67 @@
+"""One tracked evaluation run (``deepfake evaluate``): any detector on any dataset, logged to MLflow.
+
+A held-out dataset is evaluated whole, a training dataset gives its test split
+(:func:`deepfake.data.scan_evaluation_dataset`). The metrics table, and on request a per-source table
+and a robustness sweep (:mod:`deepfake.evaluation`), are printed; they, the figures and an HTML report
+are written to the output folder and logged with the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deepfake import data as D
+from deepfake import evaluation as E
+from deepfake import tracking
+from deepfake.config import Config
+from deepfake.inference import load_predictor
+from deepfake.report import build_report
+
+SOURCE_COLUMNS = ["source", "n", "accuracy", "roc_auc", "flagged_fake"]
+ROBUSTNESS_COLUMNS = ["perturbation", "roc_auc", "accuracy", "average_precision", "eer"]
+
+
+def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Path | None = None,
+        robustness: bool = False, report: bool = True, out_dir: str | Path = "outputs/evaluate",
+        echo=print) -> dict[str, Any]:
+    """Evaluate ``model_ref`` (a folder, ``.keras`` file or MLflow model URI) on the dataset ``cfg.data.path``
+    as one MLflow run of the experiment ``cfg.tracking`` names (set up by the caller)."""
+    data, out = cfg.data.path, Path(out_dir)
+    tags = {"model_uri": model_ref, "deepfake.role": "evaluation"}
+    if model_ref.startswith("models:/"):
+        tags["registered_model"] = model_ref[len("models:/"):]
+    predictor = load_predictor(tracking.local_model(model_ref))
+    cfg.data.class_names = predictor.meta.class_names
+    info, split = D.scan_evaluation_dataset(cfg.data, split=split, seed=cfg.train.seed)
+    target = info.splits[split]
+    counts = ", ".join(f"{n} {name}" for name, n in target.counts(info.class_names).items())
+    echo(info.report())
+    what = ("every image" if split == "all" else f"every image of {split}/" if len(info.splits) == 1
+            else f"its {split} split (seed {cfg.train.seed})")
+    echo(f"Evaluating {len(target)} images ({counts}) of {data}: {what}")
+    with tracking.start_run(f"evaluate-{Path(data).name}-{split}", tags=tags) as mlrun:
+        tracking.log_dataset(info, evaluated=split)
+        tracking.log_params({"evaluated_split": split, "n_images": len(target)})
+        result = E.evaluate_predictor(predictor, info, out, split=split, model_ref=model_ref, echo=echo)
+        tracking.log_metrics(result["metrics"], prefix=f"{split}_")
+        if metadata:
+            sources = E.read_metadata(metadata, data)
+            table = E.per_source_table(target.paths, target.labels, result["probs"], predictor.meta.threshold,
+                                       sources, out)
+            echo("\nPer source:\n" + E.format_table(table["rows"], SOURCE_COLUMNS))
+            for row in table["rows"]:
+                tracking.log_metrics({f"source.{row['source']}.accuracy": row["accuracy"]})
+        if robustness:
+            sweep = E.robustness_sweep(predictor, target, out)
+            echo("\nRobustness:\n" + E.format_table(sweep["rows"], ROBUSTNESS_COLUMNS))
+            for row in sweep["rows"]:
+                tracking.log_metrics({f"robustness.{row['perturbation']}.roc_auc": row["roc_auc"],
+                                      f"robustness.{row['perturbation']}.accuracy": row["accuracy"]})
+        if report:
+            path = build_report(out, out / "report.html", f"{model_ref} on {data} [{split}]", result["metrics"],
+                                tags=tags)
+            echo(f"\nReport: {path}")
+        tracking.log_artifacts([out], "evaluation")
+        echo(f"MLflow run {mlrun.info.run_id}")
+    return result | {"run_id": mlrun.info.run_id, "split": split}

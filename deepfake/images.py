@@ -1,0 +1,150 @@
+"""Image files and bytes: the accepted formats, the checks that come before decoding, and the one
+decoder that training and inference share.
+
+Pillow may only try the accepted formats, so untrusted bytes never reach any other of its parsers.
+Dimensions are read from the header before any pixel is decoded, so a decompression bomb is refused
+without allocating it. :func:`decode_image` decodes and resizes for training (:mod:`deepfake.input_pipeline`)
+and inference (:mod:`deepfake.inference`) alike, so both see identical pixels.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from deepfake.errors import first_line
+
+# The one list of image file extensions: dataset scans, ``deepfake predict`` folders and messages use it.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Pillow formats accepted (JPEG includes the multi-picture JPEGs, MPO, written by many cameras). Pillow
+# may only try these, so untrusted bytes never reach any other of its format parsers.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF"
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+MIN_SIDE = 2
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why these encoded bytes cannot be used as an image, or ``None`` if they can.
+
+    Dimensions are read from the header *before* decoding, so a decompression bomb is refused
+    without allocating its pixels. Then the image is fully decoded to catch truncation.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not raw:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    return f"too large: {width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+                if min(width, height) < MIN_SIDE:
+                    return f"too small: {width}x{height} (need at least {MIN_SIDE} px per side)"
+                img.load()  # CMYK and YCbCr JPEGs, palette, grayscale and alpha images are converted to RGB
+    except UnidentifiedImageError:
+        return f"not an image in a supported format ({FORMAT_NAMES})"
+    except Image.DecompressionBombError as exc:
+        return f"too large: {exc}"
+    except (OSError, SyntaxError, ValueError) as exc:
+        text = first_line(exc, 120)
+        return "truncated image" if "truncated" in text.lower() else f"cannot decode: {text}"
+    return None
+
+
+def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why the image file cannot be used, or ``None`` if it can."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot read: {read_error(path, exc)}"
+    return check_bytes(raw, max_pixels)
+
+
+def read_error(path: str | Path, exc: OSError) -> str:
+    """Why ``path`` could not be read, without repeating the path."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return "broken symlink (its target does not exist)"
+    return exc.strerror or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(contents, image_size: int):
+    """Encoded bytes (JPEG/PNG/BMP/GIF by TensorFlow, WebP/TIFF by Pillow) -> float32 ``(S, S, 3)`` RGB in 0..255.
+
+    Grayscale, palette and CMYK images become RGB, alpha is dropped, a GIF, WebP or TIFF gives
+    its first frame.
+    Large JPEGs are downscaled while decoding (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never
+    below the target size), which is both faster and an antialiased downscale; what remains
+    (less than 2x) is a bilinear resize. Used by training and inference alike, so both see
+    identical pixels.
+    """
+    import tensorflow as tf
+
+    contents = tf.convert_to_tensor(contents, dtype=tf.string)
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(contents)
+        short = tf.minimum(shape[0], shape[1])
+        branch = tf.reduce_sum(tf.cast(short >= image_size * tf.constant([2, 4, 8]), tf.int32))
+        decoders = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in (1, 2, 4, 8)]
+        return tf.switch_case(branch, decoders)
+
+    def other():
+        img = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+        img.set_shape([None, None, 3])
+        return img
+
+    def pillow():
+        img = tf.numpy_function(decode_with_pillow, [contents], tf.uint8, stateful=False)
+        img.set_shape([None, None, 3])
+        return img
+
+    head = tf.strings.substr(contents, 0, 4)
+    tf_reads = tf.reduce_any([tf.equal(head, b"\x89PNG"), tf.equal(head, b"GIF8"),
+                              tf.equal(tf.strings.substr(contents, 0, 2), b"BM")])
+    img = tf.cond(is_jpeg, jpeg, lambda: tf.cond(tf_reads, other, pillow))
+    img.set_shape([None, None, 3])
+    size = tf.shape(img)[:2]
+    big = tf.reduce_max(size) > 2 * image_size  # only non-JPEGs get here: antialias their large downscales
+    img = tf.cond(
+        tf.reduce_all(tf.equal(size, image_size)),
+        lambda: tf.cast(img, tf.float32),
+        lambda: tf.cond(
+            big,
+            lambda: tf.image.resize(img, [image_size, image_size], antialias=True),
+            lambda: tf.image.resize(img, [image_size, image_size]),
+        ),
+    )
+    img = tf.ensure_shape(img, [image_size, image_size, 3])
+    return tf.clip_by_value(img, 0.0, 255.0)
+
+
+def decode_with_pillow(contents: bytes) -> np.ndarray:
+    """Encoded bytes of a format TensorFlow cannot read (WebP, TIFF) -> uint8 ``(H, W, 3)`` RGB, first frame."""
+    from PIL import Image
+
+    raw = contents.item() if isinstance(contents, np.ndarray) else bytes(contents)  # tf.numpy_function passes a numpy scalar
+    with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
+        if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
+            return np.repeat((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: str | Path, image_size: int) -> np.ndarray:
+    return np.asarray(decode_image(Path(path).read_bytes(), image_size))

@@ -1,0 +1,159 @@
+"""The package's shape: no import circles between deepfake modules, and the layers the README names.
+
+Imports are read from the source with ``ast``, those inside functions included (an import deferred into
+a function still ties two modules together), so a circle cannot hide behind a lazy import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import deepfake
+
+PACKAGE = Path(deepfake.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(name: str) -> str | None:
+    """The deepfake module that ``name`` (a module or a name inside one) belongs to."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _imported_names(module: str) -> set[str]:
+    """Dotted names imported anywhere in ``module`` (top level and inside functions)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from deepfake import data`
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for module in MODULES:
+        targets = {_resolve(name) for name in _imported_names(module)}
+        graph[module] = {t for t in targets if t and t != module and t != "deepfake"}
+    return graph
+
+
+GRAPH = _graph()
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph.get(node, ())):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _reaches(source: str, target: str) -> bool:
+    seen, todo = set(), [source]
+    while todo:
+        node = todo.pop()
+        if node == target:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo.extend(GRAPH.get(node, ()))
+    return False
+
+
+def test_the_graph_is_read():
+    # A sanity check of the reader itself: known imports, at top level and inside a function, are found.
+    assert "deepfake.config" in GRAPH["deepfake.pipeline"]
+    assert "deepfake.model" in GRAPH["deepfake.inference"]  # imported inside Predictor.from_files
+    assert "deepfake.cli.app" in GRAPH["deepfake.cli"]
+
+
+def test_no_import_circles():
+    assert _cycles(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("lower, upper, why", [
+    ("deepfake.metrics", "deepfake.plots", "plots draw metrics; metrics never draw"),
+    ("deepfake.inference", "deepfake.tracking", "inference gets local folders; tracking resolves model URIs"),
+    ("deepfake.tracking", "deepfake.inference", "the pyfunc is logged from code (deepfake/pyfunc_model.py)"),
+    ("deepfake.training", "deepfake.tracking", "training knows nothing of MLflow"),
+    ("deepfake.training", "deepfake.tuning", "training knows nothing of Optuna"),
+])
+def test_lower_layers_do_not_reach_upper_ones(lower, upper, why):
+    assert not _reaches(lower, upper), why
+
+
+def _third_party_importers(top: str) -> set[str]:
+    return {m for m in MODULES if any(n == top or n.startswith(f"{top}.") for n in _imported_names(m))}
+
+
+def test_only_tracking_talks_to_mlflow_and_only_tuning_to_optuna():
+    # deepfake/pyfunc_model.py is MLflow's models-from-code file: MLflow runs it to get the pyfunc.
+    assert _third_party_importers("mlflow") == {"deepfake.tracking", "deepfake.pyfunc_model"}
+    assert _third_party_importers("optuna") | _third_party_importers("optuna_integration") == {"deepfake.tuning"}
+
+
+def test_nothing_imports_the_models_from_code_file():
+    # It calls mlflow.models.set_model when run; tracking logs it by path, nobody imports it.
+    assert not [m for m, targets in GRAPH.items() if "deepfake.pyfunc_model" in targets]
+
+
+def test_every_command_lives_in_the_cli_file_named_after_it():
+    from deepfake.cli import main
+
+    files = {p.stem.replace("_", "-") for p in (PACKAGE / "cli").glob("*.py")} - {"--init--", "app"}
+    assert files == set(main.commands)
+    for name, command in main.commands.items():
+        assert command.callback.__module__ == f"deepfake.cli.{name.replace('-', '_')}", name
