@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+FLOOR_VENV ?= .venv-floor
+OPTUNA_STORAGE ?= sqlite:///optuna.db
+DASHBOARD_PORT ?= 8080
 
-.PHONY: install demo test test-fast ui clean
+.PHONY: install demo test test-fast test-floor lint ui dashboard clean
 
 $(BIN)/deepfake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +26,21 @@ test: install  ## every test, the slow end-to-end ones included
 test-fast: install  ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+test-floor:  ## the fast tests on the oldest versions pyproject.toml allows, in a fresh $(FLOOR_VENV)
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floor-constraints.txt -e ".[dev]"
+	$(FLOOR_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install  ## ruff (configured in pyproject.toml)
+	$(BIN)/ruff check .
+
 ui: install  ## browse runs, trials and registered models
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
-clean:  ## remove generated runs, caches and demo data (keeps .venv)
+dashboard: install  ## browse Optuna studies with optuna-dashboard (OPTUNA_STORAGE=... for another storage)
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --port $(DASHBOARD_PORT)
+
+clean:  ## remove generated runs, caches and demo data (keeps .venv and .venv-floor)
 	rm -rf mlruns mlartifacts mlflow.db optuna.db outputs demo_data .cache sample_prediction.png

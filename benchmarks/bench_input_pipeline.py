@@ -1,4 +1,4 @@
-"""Input pipeline: deepfake.data.make_dataset vs keras.utils.image_dataset_from_directory.
+"""Input pipeline: deepfake.input_pipeline.make_dataset vs keras.utils.image_dataset_from_directory.
 
 Same folder of JPEGs, same output (batches of float32 RGB at SIZE), two epochs each,
 interleaved in one process; images/s for the first (cold) and second epoch.

@@ -14,9 +14,12 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from deepfake.errors import DeepfakeError
+
+if TYPE_CHECKING:
+    import keras
 
 _DISK_FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
@@ -127,21 +130,21 @@ def atomic_path(path: str | Path, *, needed: int | None = None,
         raise
 
 
-def write_text(path: str | Path, text: str, **kwargs) -> Path:
+def write_text(path: str | Path, text: str, **kwargs: Any) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_path` for ``kwargs``."""
     with atomic_path(path, **kwargs) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
-def save_model(model, path: str | Path, **kwargs) -> Path:
+def save_model(model: keras.Model, path: str | Path, **kwargs: Any) -> Path:
     """``model.save(path)`` atomically (a ``.keras`` file); see :func:`atomic_path` for ``kwargs``."""
     with atomic_path(path, **kwargs) as tmp:
         model.save(tmp)
     return Path(path)
 
 
-def copy_file(src: str | Path, dst: str | Path, **kwargs) -> Path:
+def copy_file(src: str | Path, dst: str | Path, **kwargs: Any) -> Path:
     """Copy ``src`` over ``dst`` atomically."""
     with atomic_path(dst, needed=Path(src).stat().st_size, **kwargs) as tmp:
         shutil.copyfile(src, tmp)

@@ -20,6 +20,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ def _libjpeg_table(quality: int) -> np.ndarray:
 _QUALITY_TABLES = np.log(np.stack([_libjpeg_table(q) for q in range(1, 101)]).astype(float))  # (100, 64)
 
 
-def estimate_jpeg_quality(quantization) -> float:
+def estimate_jpeg_quality(quantization: dict[int, Sequence[int]] | None) -> float:
     """Quality 1-100 from Pillow's ``img.quantization`` (NaN when there is no usable luminance table).
 
     The nearest libjpeg-scaled standard table by mean absolute log ratio: exact for libjpeg and
@@ -84,7 +85,7 @@ def read_properties(path: str) -> dict | None:
             "jpeg_quality": quality, "exif": exif}
 
 
-def separation_auc(values, labels, categorical: bool = False) -> float:
+def separation_auc(values: Sequence[Any], labels: Sequence[int], categorical: bool = False) -> float:
     """How well one property alone separates label 0 from 1: ``max(auc, 1 - auc)``.
 
     A categorical property is encoded by each category's share of label 1 (the best ordering of
@@ -175,8 +176,9 @@ class AuditResult:
         ]
 
 
-def audit_files(paths, labels, splits=None, threshold: float = DEFAULT_THRESHOLD,
-                class_names=("real", "fake"), progress: bool = False) -> AuditResult:
+def audit_files(paths: Sequence[str], labels: Sequence[int], splits: Sequence[str] | None = None,
+                threshold: float = DEFAULT_THRESHOLD, class_names: Sequence[str] = ("real", "fake"),
+                progress: bool = False) -> AuditResult:
     """Audit files with labels 0 (real) and 1 (fake); see the module docstring."""
     paths, labels = [str(p) for p in paths], [int(l) for l in labels]
     splits = list(splits) if splits is not None else [""] * len(paths)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def fit_temperature(y_true, y_prob) -> float:
+def fit_temperature(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     """Temperature T minimising the validation log loss of sigmoid(logit / T)."""
     from scipy.optimize import minimize_scalar
 

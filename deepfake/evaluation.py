@@ -12,21 +12,35 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from deepfake import metrics as MET
 from deepfake import plots
 from deepfake.errors import DeepfakeError
+
+if TYPE_CHECKING:
+    from deepfake.data import DatasetInfo, Split
+
+
+class Detector(Protocol):
+    """What evaluating needs of a detector (a :class:`deepfake.inference.Predictor`, one layer up)."""
+
+    meta: Any  # its ``threshold``
+
+    def predict_split(self, split: Split, batch_size: int = 32) -> np.ndarray: ...
+
+    def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]: ...
 
 
 # --------------------------------------------------------------------------- one split
 
 
 def evaluate_predictions(
-    y_true,
-    y_prob,
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
     out_dir: str | Path,
     class_names: Sequence[str] = ("real", "fake"),
     threshold: float = 0.5,
@@ -64,8 +78,9 @@ def evaluate_predictions(
     return {"metrics": at_t, "metrics_at_0.5": at_half, "files": [str(f) for f in files]}
 
 
-def evaluate_predictor(predictor, info, out_dir: str | Path, *, split: str = "test", prefix: str | None = None,
-                       model_ref: str = "model", echo=print) -> dict[str, Any]:
+def evaluate_predictor(predictor: Detector, info: DatasetInfo, out_dir: str | Path, *, split: str = "test",
+                       prefix: str | None = None, model_ref: str = "model",
+                       echo: Callable[[str], None] = print) -> dict[str, Any]:
     """A loaded detector (:class:`deepfake.inference.Predictor`) on one split of any dataset, at the threshold
     stored with it: metrics, files and the fake probabilities (``probs``); the table is printed."""
     target = info.splits[split]
@@ -143,7 +158,7 @@ def perturb(raw: bytes, name: str) -> bytes:
         return fn(img.convert("RGB"))
 
 
-def predict_perturbed(predictor, paths: Sequence[str], name: str, batch_size: int = 32) -> np.ndarray:
+def predict_perturbed(predictor: Detector, paths: Sequence[str], name: str, batch_size: int = 32) -> np.ndarray:
     """Fake probabilities of ``paths`` after perturbation ``name`` (streamed in batches)."""
     probs = np.full(len(paths), np.nan)
     for start in range(0, len(paths), batch_size):
@@ -153,7 +168,8 @@ def predict_perturbed(predictor, paths: Sequence[str], name: str, batch_size: in
     return probs
 
 
-def robustness_sweep(predictor, split, out_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Any]:
+def robustness_sweep(predictor: Detector, split: Split, out_dir: str | Path,
+                     names: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics under each perturbation (at the model's threshold): table rows, CSV and a plot."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ are written to the output folder and logged with the run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deepfake import data as D
 from deepfake import evaluation as E
@@ -24,7 +24,7 @@ ROBUSTNESS_COLUMNS = ["perturbation", "roc_auc", "accuracy", "average_precision"
 
 def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Path | None = None,
         robustness: bool = False, report: bool = True, out_dir: str | Path = "outputs/evaluate",
-        echo=print) -> dict[str, Any]:
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate ``model_ref`` (a folder, ``.keras`` file or MLflow model URI) on the dataset ``cfg.data.path``
     as one MLflow run of the experiment ``cfg.tracking`` names (set up by the caller)."""
     data, out = cfg.data.path, Path(out_dir)

@@ -9,13 +9,23 @@ activations is the heat map, upsampled to the image (Selvaraju et al., 2017).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
+import keras
 import numpy as np
 
 from deepfake.model import backbone_of, backbone_spec, head_of, input_layer_of
 
 
-def grad_cam(predictor, image: np.ndarray) -> tuple[np.ndarray, float]:
+class Detector(Protocol):
+    """What Grad-CAM needs of a detector (a :class:`deepfake.inference.Predictor`, one layer up)."""
+
+    model: keras.Model
+
+    def calibrate(self, raw: Any) -> np.ndarray: ...
+
+
+def grad_cam(predictor: Detector, image: np.ndarray) -> tuple[np.ndarray, float]:
     """``(heat map in [0, 1] with the image's height and width, fake probability)`` for a
     :class:`deepfake.inference.Predictor` with a Keras model; the probability is the calibrated
     one every other prediction path reports (the heat map does not depend on calibration).

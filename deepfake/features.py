@@ -15,15 +15,21 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from deepfake.config import Config
 
+if TYPE_CHECKING:
+    import keras
+
+    from deepfake.data import DatasetInfo, Split
+
 log = logging.getLogger(__name__)
 
 
-def weights_fingerprint(model) -> str:
+def weights_fingerprint(model: keras.Model) -> str:
     """A hash of the backbone's weights (ImageNet, random with a seed, or a file all differ)."""
     from deepfake.model import backbone_of
 
@@ -44,7 +50,7 @@ def cache_key(paths: list[str], cfg: Config, fingerprint: str) -> str:
     return h.hexdigest()[:20]
 
 
-def compute_features(model, split, cfg: Config) -> np.ndarray:
+def compute_features(model: keras.Model, split: Split, cfg: Config) -> np.ndarray:
     """Pooled backbone features ``(N, feature width)`` of a split's images, in file order, no augmentation."""
     from deepfake.input_pipeline import make_dataset
     from deepfake.model import feature_extractor
@@ -62,7 +68,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, model, split, fingerprint: str | None = None) -> np.ndarray:
+    def get(self, model: keras.Model, split: Split, fingerprint: str | None = None) -> np.ndarray:
         key = cache_key(split.paths, self.cfg, fingerprint or weights_fingerprint(model))
         path = self.directory / f"{key}.npy"
         if path.is_file():
@@ -80,7 +86,7 @@ class FeatureCache:
         tmp.replace(path)  # atomic: concurrent workers never read half a file
         return feats
 
-    def provider(self, info):
+    def provider(self, info: DatasetInfo) -> Callable[[keras.Model], tuple[np.ndarray, ...]]:
         """``features(model)`` for :func:`deepfake.training.train`: train and val features + labels."""
 
         def features(model):

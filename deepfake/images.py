@@ -1,10 +1,8 @@
-"""Image files and bytes: the accepted formats, the checks that come before decoding, and the one
-decoder that training and inference share.
+"""Image files and bytes: the accepted formats, the checks before decoding, and the one decoder.
 
-Pillow may only try the accepted formats, so untrusted bytes never reach any other of its parsers.
-Dimensions are read from the header before any pixel is decoded, so a decompression bomb is refused
-without allocating it. :func:`decode_image` decodes and resizes for training (:mod:`deepfake.input_pipeline`)
-and inference (:mod:`deepfake.inference`) alike, so both see identical pixels.
+:func:`check_bytes` reads the dimensions from the header before any pixel is decoded, so a decompression
+bomb is refused without being allocated. :func:`decode_image` decodes and resizes for training
+(:mod:`deepfake.input_pipeline`) and inference (:mod:`deepfake.inference`) alike, so both see identical pixels.
 """
 
 from __future__ import annotations
@@ -14,10 +12,14 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deepfake.errors import first_line
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # The one list of image file extensions: dataset scans, ``deepfake predict`` folders and messages use it.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -83,7 +85,7 @@ def read_error(path: str | Path, exc: OSError) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image(contents, image_size: int):
+def decode_image(contents: bytes | tf.Tensor, image_size: int) -> tf.Tensor:
     """Encoded bytes (JPEG/PNG/BMP/GIF by TensorFlow, WebP/TIFF by Pillow) -> float32 ``(S, S, 3)`` RGB in 0..255.
 
     Grayscale, palette and CMYK images become RGB, alpha is dropped, a GIF, WebP or TIFF gives

@@ -21,13 +21,19 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 
 from deepfake import atomic, backbones
 from deepfake.calibration import apply_temperature
 from deepfake.errors import DeepfakeError, first_line
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+
+    from deepfake.data import Split
 
 KERAS_FILE = "model.keras"
 META_FILE = "model.meta.json"
@@ -57,7 +63,7 @@ class ModelMeta:
         return atomic.write_text(path, json.dumps(asdict(self), indent=2))
 
 
-def save_detector(model, meta: ModelMeta, out_dir: str | Path) -> Path:
+def save_detector(model: keras.Model, meta: ModelMeta, out_dir: str | Path) -> Path:
     """Write ``model.keras`` and ``model.meta.json`` into ``out_dir`` (each atomically); return the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +84,7 @@ class OnnxModel:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors (Fail, InvalidProtobuf...) are bare Exceptions
             raise DeepfakeError(f"{path}: not a loadable ONNX model ({first_line(exc, 150)})") from None
         (image_input,) = self.session.get_inputs()  # a detector has one input: the images
         self.input_name = image_input.name
@@ -143,7 +149,7 @@ def _is_image(raw: bytes) -> bool:
                 return True
     except UnidentifiedImageError:
         return False
-    except Exception:  # an image format with a damaged or oversized header: the checks say why
+    except Exception:  # noqa: BLE001 - any other failure of a user's image header: the image checks say why
         return True
 
 
@@ -209,7 +215,7 @@ class Predictor:
     or to one folder when the operator allows it.
     """
 
-    def __init__(self, keras_model, meta: ModelMeta, paths: PathAccess = True):
+    def __init__(self, keras_model: keras.Model | OnnxModel, meta: ModelMeta, paths: PathAccess = True):
         self.model = keras_model
         self.meta = meta
         self.paths = paths
@@ -261,7 +267,7 @@ class Predictor:
             raise ValueError(problem)
         try:
             return np.asarray(decode_image(raw, self.image_size))
-        except Exception as exc:  # tf.errors.InvalidArgumentError and friends
+        except Exception as exc:  # noqa: BLE001 - any failure to decode a user's image is that row's error
             raise ValueError(f"cannot decode image: {first_line(exc, 120)}") from None
 
     def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
@@ -285,7 +291,7 @@ class Predictor:
             rows.extend(out)
         return rows
 
-    def predict_split(self, split, batch_size: int = 32) -> np.ndarray:
+    def predict_split(self, split: Split, batch_size: int = 32) -> np.ndarray:
         """Fake probabilities of every image of a dataset split (:class:`deepfake.data.Split`), in file
         order, streamed through the training input pipeline."""
         from deepfake.config import DataConfig
@@ -296,7 +302,7 @@ class Predictor:
                  for images, _ in make_dataset(split, cfg, training=False)]
         return np.concatenate(probs) if probs else np.zeros((0,))
 
-    def predict_frame(self, frame):
+    def predict_frame(self, frame: pd.DataFrame | dict[str, Any] | Sequence[Any]) -> pd.DataFrame:
         """pyfunc entry: DataFrame with an ``image`` column -> DataFrame of results."""
         import pandas as pd
 
@@ -328,7 +334,7 @@ def pyfunc_artifacts(model_dir: str | Path) -> dict[str, str]:
     return {"keras_model": str(Path(model_dir) / KERAS_FILE), "meta": str(Path(model_dir) / META_FILE)}
 
 
-def example_frames(meta: ModelMeta):
+def example_frames(meta: ModelMeta) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A one-row input example (a base64 PNG) and the matching output, for the model signature."""
     import pandas as pd
 
@@ -380,7 +386,8 @@ def load_predictor(ref: str | Path) -> Predictor:
     return Predictor.from_dir(path)
 
 
-def sample_predictions(predictor: Predictor, split, class_names: Sequence[str], n: int = 1, seed: int = 0):
+def sample_predictions(predictor: Predictor, split: Split, class_names: Sequence[str], n: int = 1,
+                       seed: int = 0) -> list[dict[str, Any]]:
     """Predict ``n`` randomly chosen images of ``split`` (seeded); undecodable picks are replaced."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(split.paths))

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from deepfake.config import AugmentConfig, DataConfig
 from deepfake.data import Split
 from deepfake.images import decode_image
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 AUTO_CACHE_BYTES = 1 << 30  # "auto" caches decoded images in memory below 1 GiB
 
@@ -70,7 +73,7 @@ def _jpeg_recompress(image, seed, cfg: AugmentConfig):
 AUGMENTATIONS: list[Augmentation] = [_blur, _jpeg_recompress, _flip]
 
 
-def augment_image(image, seed, cfg: AugmentConfig):
+def augment_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
     """Apply every augmentation in :data:`AUGMENTATIONS` with its own stateless seed."""
     import tensorflow as tf
 
@@ -89,7 +92,8 @@ def _cache_mode(split: Split, cfg: DataConfig) -> str:
     return "memory" if nbytes < AUTO_CACHE_BYTES else "none"
 
 
-def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42, cache_dir: str | Path | None = None):
+def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
+                 cache_dir: str | Path | None = None) -> tf.data.Dataset:
     """A streaming ``tf.data`` pipeline of ``(images, labels)`` batches.
 
     Files are read and decoded in parallel, resized, optionally cached (decoded, before

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
 
@@ -20,7 +21,7 @@ def _both_classes(y: np.ndarray) -> bool:
     return len(np.unique(y)) == 2
 
 
-def equal_error_rate(y_true, y_prob) -> tuple[float, float]:
+def equal_error_rate(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[float, float]:
     """(EER, threshold): where the false positive rate equals the false negative rate.
 
     Linear interpolation between the two ROC points that bracket FPR == FNR.
@@ -42,7 +43,7 @@ def equal_error_rate(y_true, y_prob) -> tuple[float, float]:
     return float(eer), float(np.clip(t, 0, 1))
 
 
-def choose_threshold(y_true, y_prob, method: str = "youden") -> float:
+def choose_threshold(y_true: ArrayLike, y_prob: ArrayLike, method: str = "youden") -> float:
     """Decision threshold chosen on validation data: ``youden`` (max TPR-FPR), ``eer`` or ``f1``."""
     y, p = _arrays(y_true, y_prob)
     if not _both_classes(y):
@@ -62,13 +63,14 @@ def choose_threshold(y_true, y_prob, method: str = "youden") -> float:
     return float(np.clip(t, 0.0, 1.0))
 
 
-def confusion(y_true, y_prob, threshold: float) -> np.ndarray:
+def confusion(y_true: ArrayLike, y_prob: ArrayLike, threshold: float) -> np.ndarray:
     """2x2 confusion matrix ``[[tn, fp], [fn, tp]]`` (rows true, columns predicted)."""
     y, p = _arrays(y_true, y_prob)
     return skm.confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
 
 
-def compute_metrics(y_true, y_prob, threshold: float = 0.5, loss: float | None = None) -> dict[str, float]:
+def compute_metrics(y_true: ArrayLike, y_prob: ArrayLike, threshold: float = 0.5,
+                    loss: float | None = None) -> dict[str, float]:
     """Threshold metrics at ``threshold`` plus ranking metrics (ROC-AUC, AP, EER)."""
     y, p = _arrays(y_true, y_prob)
     pred = (p >= threshold).astype(int)
@@ -94,14 +96,15 @@ def compute_metrics(y_true, y_prob, threshold: float = 0.5, loss: float | None =
     return {k: float(v) for k, v in out.items()}
 
 
-def classification_report(y_true, y_prob, threshold: float, class_names: Sequence[str]) -> tuple[str, dict]:
+def classification_report(y_true: ArrayLike, y_prob: ArrayLike, threshold: float,
+                          class_names: Sequence[str]) -> tuple[str, dict]:
     y, p = _arrays(y_true, y_prob)
     pred = (p >= threshold).astype(int)
     kwargs = dict(labels=[0, 1], target_names=list(class_names), zero_division=0, digits=4)
     return skm.classification_report(y, pred, **kwargs), skm.classification_report(y, pred, output_dict=True, **kwargs)
 
 
-def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> float:
+def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 15) -> float:
     """ECE = sum over equal-width bins of (n_b / N) * |fraction positive - mean probability|."""
     y, p = _arrays(y_true, y_prob)
     if len(y) == 0:

@@ -18,13 +18,14 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import keras
 from keras import layers, ops
 
 from deepfake import backbones as B
 from deepfake.config import Config, ModelConfig
-from deepfake.errors import DeepfakeError
+from deepfake.errors import DeepfakeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,14 @@ class Preprocess(layers.Layer):
     Then the backbone's normalisation: channels flipped to BGR if ``bgr``, ``(x - mean) / std``.
     """
 
-    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), bgr: bool = False,
-                 representation: str = "rgb", npr_scale: float = NPR_SCALE, **kwargs):
+    def __init__(self, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 bgr: bool = False, representation: str = "rgb", npr_scale: float = NPR_SCALE, **kwargs: Any):
         kwargs["dtype"] = "float32"  # tiny pixel differences do not survive bfloat16
         super().__init__(**kwargs)
         self.mean, self.std, self.bgr = list(mean), list(std), bool(bgr)
         self.representation, self.npr_scale = representation, float(npr_scale)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         x = ops.cast(inputs, "float32")
         if self.representation == "npr":
             x = npr_residual(x) * self.npr_scale + PIXEL_CENTRE
@@ -65,12 +66,12 @@ class Preprocess(layers.Layer):
         std = ops.convert_to_tensor(self.std, dtype="float32")
         return (x - mean) / std
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr,
                 "representation": self.representation, "npr_scale": self.npr_scale}
 
 
-def npr_residual(x):
+def npr_residual(x: keras.KerasTensor) -> keras.KerasTensor:
     down = x[:, ::2, ::2, :]
     up = ops.repeat(ops.repeat(down, 2, axis=1), 2, axis=2)
     up = up[:, : ops.shape(x)[1], : ops.shape(x)[2], :]
@@ -85,7 +86,7 @@ LEGACY_BGR_MEAN = (103.939, 116.779, 123.68)
 class ResNetPreprocess(layers.Layer):
     """``keras.applications.resnet50.preprocess_input`` as a layer (deepfake 0.1 models)."""
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         bgr = ops.flip(inputs, axis=-1)
         return bgr - ops.convert_to_tensor(LEGACY_BGR_MEAN, dtype=bgr.dtype)
 
@@ -94,14 +95,14 @@ class ResNetPreprocess(layers.Layer):
 class NPRResidual(layers.Layer):
     """The NPR residual times ``scale`` (deepfake 0.1 models)."""
 
-    def __init__(self, scale: float = 1.0, **kwargs):
+    def __init__(self, scale: float = 1.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.scale = scale
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return npr_residual(inputs) * self.scale
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "scale": self.scale}
 
 
@@ -162,9 +163,9 @@ def build_backbone(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
     backbone = impl.build(spec, shape, m.pooling)
     try:
         backbone.load_weights(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's weights file is reported in one line
         raise DeepfakeError(
-            f"--weights {path}: could not load it into {spec.name} (include_top=False): {str(exc).splitlines()[0][:200]}"
+            f"--weights {path}: could not load it into {spec.name} (include_top=False): {first_line(exc)}"
         ) from None
     return backbone, info(f"file:{path}")
 
@@ -187,7 +188,7 @@ def preprocess_layer(m: ModelConfig) -> Preprocess:
     return Preprocess(spec.mean, spec.std, spec.bgr, m.representation, name="preprocess")
 
 
-def build_model(cfg: Config, *, with_info: bool = False):
+def build_model(cfg: Config, *, with_info: bool = False) -> keras.Model | tuple[keras.Model, WeightsInfo]:
     """The full detector for ``cfg``; with ``with_info=True`` returns ``(model, WeightsInfo)``.
 
     The backbone starts frozen (phase 1 of transfer learning) and is always called with
@@ -276,8 +277,8 @@ def load_keras_model(path: str | Path, compile: bool = False) -> keras.Model:
         raise DeepfakeError(f"model file {path} does not exist; train a model first or pass another path")
     try:
         return keras.models.load_model(path, custom_objects=custom_objects(), compile=compile)
-    except Exception as exc:
-        raise DeepfakeError(f"could not load model {path}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of a model file is reported in one line
+        raise DeepfakeError(f"could not load model {path}: {first_line(exc)}") from None
 
 
 def as_float32(model: keras.Model, cfg: Config) -> keras.Model:

@@ -10,20 +10,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from deepfake import data as D
-from deepfake import evaluation
+from deepfake import evaluation, plots, tracking, training
 from deepfake import metrics as MET
 from deepfake import model as M
-from deepfake import plots
-from deepfake import tracking
-from deepfake import training
 from deepfake.calibration import apply_temperature, fit_temperature
 from deepfake.config import Config
 from deepfake.features import FeatureCache
 from deepfake.inference import ModelMeta, example_frames, pip_requirements, pyfunc_artifacts, save_detector
 from deepfake.input_pipeline import make_dataset
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class RunResult:
     seconds: float = 0.0
 
 
-def prepare_dataset(cfg: Config, echo=print, progress: bool = True) -> D.DatasetInfo:
+def prepare_dataset(cfg: Config, echo: Callable[[str], None] = print, progress: bool = True) -> D.DatasetInfo:
     """Scan and check the dataset, look for duplicates across splits (and drop them with dedupe), then
     audit the classes for shortcuts (format, size, JPEG quality, EXIF)."""
     from deepfake import leakage
@@ -67,7 +67,7 @@ def prepare_dataset(cfg: Config, echo=print, progress: bool = True) -> D.Dataset
     return info
 
 
-def evaluate_split(model, split, cfg: Config, out_dir: Path, threshold: float, prefix: str,
+def evaluate_split(model: keras.Model, split: D.Split, cfg: Config, out_dir: Path, threshold: float, prefix: str,
                    temperature: float = 1.0) -> dict[str, Any]:
     """Predict one split (calibrated, in file order) and write its metrics, confusion matrix, report and curves."""
     ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
@@ -82,12 +82,12 @@ def run(
     *,
     dataset: D.DatasetInfo | None = None,
     resume: bool = False,
-    callbacks: Sequence = (),
+    callbacks: Sequence[keras.callbacks.Callback] = (),
     parent_run_id: str | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     verbose: int = 2,
-    echo=print,
+    echo: Callable[[str], None] = print,
     on_run_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train and evaluate one model as one MLflow run (resumed when ``resume`` finds a checkpoint).

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def _figure(width: float = 5.5, height: float = 4.5, ncols: int = 1, nrows: int = 1):
@@ -29,7 +30,8 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_confusion_matrix(cm, class_names: Sequence[str], path, title: str = "Confusion matrix") -> Path:
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
+                          title: str = "Confusion matrix") -> Path:
     cm = np.asarray(cm)
     fig, axes = _figure(4.8, 4.2)
     ax = axes[0][0]
@@ -48,7 +50,7 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, title: str = "Co
     return _save(fig, path)
 
 
-def plot_roc(y_true, y_prob, path, threshold: float | None = None) -> Path:
+def plot_roc(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, threshold: float | None = None) -> Path:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from deepfake.metrics import equal_error_rate
@@ -74,7 +76,7 @@ def plot_roc(y_true, y_prob, path, threshold: float | None = None) -> Path:
     return _save(fig, path)
 
 
-def plot_pr(y_true, y_prob, path, threshold: float | None = None) -> Path:
+def plot_pr(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, threshold: float | None = None) -> Path:
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     precision, recall, _ = precision_recall_curve(y_true, y_prob)
@@ -99,7 +101,7 @@ def plot_pr(y_true, y_prob, path, threshold: float | None = None) -> Path:
     return _save(fig, path)
 
 
-def plot_reliability(y_true, y_prob, path, n_bins: int = 15) -> Path:
+def plot_reliability(y_true: ArrayLike, y_prob: ArrayLike, path: str | Path, n_bins: int = 15) -> Path:
     from deepfake.metrics import expected_calibration_error
 
     y = np.asarray(y_true, dtype=float)
@@ -128,7 +130,7 @@ def plot_reliability(y_true, y_prob, path, n_bins: int = 15) -> Path:
     return _save(fig, path)
 
 
-def plot_history(history: dict[str, list[float]], path, phase_boundary: int | None = None) -> Path:
+def plot_history(history: dict[str, list[float]], path: str | Path, phase_boundary: int | None = None) -> Path:
     """Training curves: one panel per metric, train vs validation, fine-tuning start marked."""
     names = [k for k in history if not k.startswith("val_") and k not in ("learning_rate",)]
     names = names or [k[4:] for k in history if k.startswith("val_")]
@@ -154,8 +156,8 @@ def _caption(true_label, predicted_label, prob) -> tuple[str, str]:
     return text, ("tab:green" if correct else "tab:red")
 
 
-def plot_sample(image, true_label: str | None, predicted_label: str, fake_probability: float, path,
-                title: str | None = None) -> Path:
+def plot_sample(image: np.ndarray, true_label: str | None, predicted_label: str, fake_probability: float,
+                path: str | Path, title: str | None = None) -> Path:
     img = np.clip(np.asarray(image, dtype=float), 0, 255).astype(np.uint8)
     fig, axes = _figure(4.5, 5.0)
     ax = axes[0][0]
@@ -166,7 +168,7 @@ def plot_sample(image, true_label: str | None, predicted_label: str, fake_probab
     return _save(fig, path)
 
 
-def plot_sample_grid(items: Sequence[dict[str, Any]], path, cols: int = 4) -> Path:
+def plot_sample_grid(items: Sequence[dict[str, Any]], path: str | Path, cols: int = 4) -> Path:
     cols = max(1, min(cols, len(items)))
     rows = int(np.ceil(len(items) / cols))
     fig, axes = _figure(3.2 * cols, 3.6 * rows, ncols=cols, nrows=rows)
@@ -179,7 +181,7 @@ def plot_sample_grid(items: Sequence[dict[str, Any]], path, cols: int = 4) -> Pa
     return _save(fig, path)
 
 
-def plot_metric_curves(table: Sequence[dict[str, Any]], x: str, ys: Sequence[str], path, title: str = "",
+def plot_metric_curves(table: Sequence[dict[str, Any]], x: str, ys: Sequence[str], path: str | Path, title: str = "",
                        xlabel: str | None = None) -> Path:
     fig, axes = _figure(6.5, 4.2)
     ax = axes[0][0]
@@ -195,7 +197,8 @@ def plot_metric_curves(table: Sequence[dict[str, Any]], x: str, ys: Sequence[str
     return _save(fig, path)
 
 
-def plot_bar(labels: Sequence[str], values: Sequence[float], path, title: str = "", ylabel: str = "") -> Path:
+def plot_bar(labels: Sequence[str], values: Sequence[float], path: str | Path, title: str = "",
+             ylabel: str = "") -> Path:
     fig, axes = _figure(max(4.5, 0.8 * len(labels) + 2), 4.2)
     ax = axes[0][0]
     bars = ax.bar(range(len(labels)), values, color="tab:blue", edgecolor="black")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 import mlflow
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from deepfake.inference import PATH_ROOT_ENV, Predictor, path_access
 
@@ -37,11 +37,12 @@ class DeepfakePyfunc(PythonModel):
     Predict-time ``params`` cannot enable it.
     """
 
-    def load_context(self, context) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         config = getattr(context, "model_config", None) or {}
         served = bool(os.environ.get(SCORING_SERVER_ENV) or os.environ.get(SERVING_FLAG_ENV))
+        allow = config.get("allow_paths")  # None, as logged: paths in one's own process, none when served
         self.predictor = Predictor.from_files(context.artifacts["keras_model"], context.artifacts["meta"])
-        self.predictor.paths = path_access(allow_paths=config.get("allow_paths", not served) is True,
+        self.predictor.paths = path_access(allow_paths=(not served) if allow is None else allow is True,
                                            root=config.get("path_root") or os.environ.get(PATH_ROOT_ENV))
 
     def predict(self, context, model_input, params=None):

@@ -9,21 +9,29 @@ its comparison was recorded is completed by the next registration of the same ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from deepfake import data as D
 from deepfake import evaluation, tracking
 from deepfake.config import Config
 from deepfake.inference import load_predictor
 
+if TYPE_CHECKING:
+    from deepfake.tuning import StudyResult
+
 COMPARISON_DONE = "comparison.reason"  # promote() writes this version tag last: the comparison is complete
 RUN_METRICS_AS_TAGS = ("test_", "val_final_")  # a run's metrics that its registered version carries as tags
 
 
-def evaluate_model(model_uri: str, info: D.DatasetInfo, out_dir: str | Path, *, echo=print) -> dict[str, Any]:
+def evaluate_model(model_uri: str, info: D.DatasetInfo, out_dir: str | Path, *,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
     """A logged or registered detector's metrics on ``info``'s test split."""
     predictor = load_predictor(tracking.local_model(model_uri))
     return evaluation.evaluate_predictor(predictor, info, out_dir, model_ref=model_uri, echo=echo)
+
+
+def _silent(line: str) -> None:
+    """An ``echo`` that prints nothing: a comparison prints one line of its own."""
 
 
 def register_run(
@@ -35,7 +43,7 @@ def register_run(
     tags: dict[str, Any] | None = None,
     out_dir: str | Path = "outputs/registry",
     force: bool = False,
-    echo=print,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Register the model that run ``run_id`` logged (``model_uri``, by default ``runs:/<run_id>/model``)
     with the run's test and final validation metrics as version tags; promote it if it wins."""
@@ -46,7 +54,7 @@ def register_run(
                                 out_dir=out_dir, force=force, echo=echo)
 
 
-def register_study_best(result, cfg: Config, *, echo=print) -> dict[str, Any] | None:
+def register_study_best(result: StudyResult, cfg: Config, *, echo: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Register the best model of a finished study (a :class:`deepfake.tuning.StudyResult`) and promote it
     if it wins; the comparison is also recorded on the study's parent run. None when no trial completed."""
     if not result.best_model_uri:
@@ -70,7 +78,7 @@ def register_and_promote(
     version_tags: dict[str, Any] | None = None,
     out_dir: str | Path = "outputs/registry",
     force: bool = False,
-    echo=print,
+    echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Register ``model_uri`` and move the ``champion`` alias to it if it beats the champion.
 
@@ -97,7 +105,8 @@ def _recorded_comparison(name: str, tags: dict[str, str]) -> dict[str, Any]:
     record: dict[str, Any] = {"name": name}
     record |= {k[len("comparison."):]: v for k, v in tags.items() if k.startswith("comparison.")}
     record["promoted"] = record.get("promoted") == "True"
-    record["champion_version"] = None if record.get("champion_version") in (None, "None") else record["champion_version"]
+    if record.get("champion_version") in (None, "None"):
+        record["champion_version"] = None
     for key in ("challenger_test_roc_auc", "champion_test_roc_auc"):
         if key in record:
             record[key] = float(record[key])
@@ -105,18 +114,18 @@ def _recorded_comparison(name: str, tags: dict[str, str]) -> dict[str, Any]:
 
 
 def promote(name: str, version: str, info: D.DatasetInfo, *, out_dir: str | Path = "outputs/registry",
-            force: bool = False, echo=print) -> dict[str, Any]:
+            force: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Compare ``version`` with the current champion on ``info``'s test split; promote if better."""
     out_dir = Path(out_dir)
     current = tracking.alias_version(name)
-    challenger = evaluate_model(tracking.version_uri(name, version), info, out_dir / f"v{version}", echo=lambda s: None)
+    challenger = evaluate_model(tracking.version_uri(name, version), info, out_dir / f"v{version}", echo=_silent)
     new_auc = challenger["metrics"]["roc_auc"]
     record: dict[str, Any] = {"name": name, "version": version, "challenger_test_roc_auc": new_auc,
                               "champion_version": current, "test_data": info.root}
     if current is None or current == version:
         promoted, reason = True, "no champion yet" if current is None else "already champion"
     else:
-        champion = evaluate_model(tracking.version_uri(name, current), info, out_dir / f"v{current}", echo=lambda s: None)
+        champion = evaluate_model(tracking.version_uri(name, current), info, out_dir / f"v{current}", echo=_silent)
         old_auc = champion["metrics"]["roc_auc"]
         record["champion_test_roc_auc"] = old_auc
         promoted = force or new_auc > old_auc

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deepfake import data as D
 from deepfake import evaluation, plots, registry, tracking, tuning
@@ -28,7 +28,7 @@ class NoChampion(DeepfakeError):
 
 
 def run_suite(cfg: Config, *, study_name: str, storage: str, n_trials: int, search_space: str,
-              demo_data: bool = False, echo=print) -> dict[str, Any]:
+              demo_data: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the suite on ``cfg.data.path`` (written there first with ``demo_data`` when it holds no ``train/``)."""
     started = time.time()
     if demo_data and not (Path(cfg.data.path) / "train").is_dir():

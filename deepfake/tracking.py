@@ -16,22 +16,32 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import keras
 import mlflow
 import mlflow.models
 import mlflow.pyfunc
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
 
 from deepfake.config import Config, TrackingConfig, default_tracking_uri
 from deepfake.errors import DeepfakeError, first_line
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
     from mlflow.data.pandas_dataset import PandasDataset
 
+    from deepfake.audit import AuditResult
     from deepfake.data import DatasetInfo
+    from deepfake.model import WeightsInfo
 
 log = logging.getLogger(__name__)
+
+# What talking to an MLflow tracking store raises when it fails: MLflow's own errors, network errors (those of
+# requests are OSErrors too) and the database errors of a SQL store.
+STORE_ERRORS = (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError)
 
 PACKAGES = (
     "deepfake", "tensorflow", "tensorflow-cpu", "keras", "mlflow", "optuna", "optuna-integration",
@@ -176,7 +186,7 @@ def setup(tracking: TrackingConfig) -> str:
                 _project_run["id"] = project_run
             else:
                 mlflow.set_experiment(tracking.experiment)
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         first = first_line(exc)
         raise DeepfakeError(
             f"--tracking-uri {uri}: cannot reach the MLflow tracking store ({first}); "
@@ -229,7 +239,7 @@ def start_run(
             try:
                 with _environment(HTTP_NO_RETRIES):
                     mlflow.end_run(status=status)
-            except Exception as exc:
+            except STORE_ERRORS as exc:
                 log.warning("could not end MLflow run %s (%s)", run.info.run_id, first_line(exc))
         else:
             mlflow.end_run(status=status)
@@ -285,14 +295,14 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
         client.set_tag(run_id, key, str(value))
 
 
-def log_table_csv(frame, artifact_file: str) -> None:
+def log_table_csv(frame: pd.DataFrame, artifact_file: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         frame.to_csv(path, index=False)
         mlflow.log_artifact(str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
 
-def log_figure(figure, artifact_file: str) -> None:
+def log_figure(figure: Figure, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
@@ -315,7 +325,7 @@ def set_tags(tags: dict[str, Any]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def log_weights_info(info) -> None:
+def log_weights_info(info: WeightsInfo | None) -> None:
     """Record where the backbone weights came from; the random-init fallback gets a loud tag."""
     if info is None:
         return
@@ -331,12 +341,22 @@ def log_weights_info(info) -> None:
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow dataset input contexts
 
 
+@contextlib.contextmanager
+def _dataset_warnings_silenced() -> Iterator[None]:
+    """MLflow registers its local dataset source type twice and warns that a path is ambiguous; it hints that
+    an integer column cannot hold missing values (labels are never missing)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        yield
+
+
 def split_dataset(info: DatasetInfo, split: str) -> PandasDataset:
     """One split as an MLflow dataset: its files and labels (the digest changes when they do), named
     ``<dataset folder>-<split>``, with the folder the files come from (``ROOT/train``, or ``ROOT`` for an
     unsplit dataset) as its source."""
-    import warnings
-
     import pandas as pd
 
     files = info.splits[split]
@@ -344,8 +364,7 @@ def split_dataset(info: DatasetInfo, split: str) -> PandasDataset:
     folder = Path(os.path.commonpath(frame["path"].tolist())) if len(frame) else Path(info.root)
     if not folder.is_dir():  # a split of one file
         folder = folder.parent
-    with warnings.catch_warnings():  # MLflow registers its local source type twice and warns that it is ambiguous
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+    with _dataset_warnings_silenced():
         return mlflow.data.from_pandas(frame, source=folder.absolute().as_uri(), targets="label",
                                        name=f"{Path(info.root).name}-{split}")
 
@@ -356,8 +375,9 @@ def log_dataset(info: DatasetInfo, evaluated: str | None = None) -> None:
     that the run shows its data lineage. An evaluation run names the split it ``evaluated``: that one is its
     only input, with the context ``evaluation``."""
     for name in info.splits if evaluated is None else [evaluated]:
-        mlflow.log_input(split_dataset(info, name),
-                         context="evaluation" if evaluated else SPLIT_CONTEXTS.get(name, name))
+        with _dataset_warnings_silenced():
+            mlflow.log_input(split_dataset(info, name),
+                             context="evaluation" if evaluated else SPLIT_CONTEXTS.get(name, name))
     summary = info.summary()
     mlflow.log_dict(summary, "dataset/summary.json")
     mlflow.log_text(info.report(), "dataset/report.txt")
@@ -371,7 +391,7 @@ def log_dataset(info: DatasetInfo, evaluated: str | None = None) -> None:
     mlflow.log_metrics(metrics)
 
 
-def log_audit(result) -> None:
+def log_audit(result: AuditResult) -> None:
     """A dataset audit (:mod:`deepfake.audit`): ``dataset/audit.csv``, ``audit.<property>_auc`` metrics and,
     when a property alone separates the classes, the tag ``warning.shortcut``."""
     log_table_csv(result.table, "dataset/audit.csv")
@@ -391,7 +411,7 @@ def log_metrics(metrics: dict[str, Any], prefix: str = "", step: int | None = No
     mlflow.log_metrics(clean, step=step)
 
 
-def log_artifacts(paths, artifact_path: str | None = None) -> None:
+def log_artifacts(paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
     for path in paths:
         path = Path(path)
         if path.is_dir():
@@ -425,7 +445,8 @@ class EpochLogger(keras.callbacks.Callback):
 PYFUNC_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # MLflow runs it to get the pyfunc (models-from-code)
 
 
-def log_model(artifacts: dict[str, str], input_example, output_example, pip_requirements: list[str]) -> str:
+def log_model(artifacts: dict[str, str], input_example: pd.DataFrame, output_example: pd.DataFrame,
+              pip_requirements: list[str]) -> str:
     """Log a detector as an MLflow pyfunc from code; return its model URI.
 
     ``deepfake/pyfunc_model.py`` is logged as the model's code (MLflow runs it when the model is loaded;
@@ -436,8 +457,9 @@ def log_model(artifacts: dict[str, str], input_example, output_example, pip_requ
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,
         python_model=str(PYFUNC_MODEL_CODE),
-        # Safe defaults: no file paths. Whoever loads the model may override them (see deepfake/pyfunc_model.py).
-        model_config={"allow_paths": False, "path_root": ""},
+        # Declared so that whoever loads the model may set them (MLflow lets a loader set only the keys a model
+        # declares). Unset, paths are read in one's own process and refused when served (deepfake/pyfunc_model.py).
+        model_config={"allow_paths": None, "path_root": ""},
         code_paths=[str(PYFUNC_MODEL_CODE.parent)],
         artifacts=artifacts,
         signature=mlflow.models.infer_signature(input_example, output_example),
@@ -457,7 +479,7 @@ def download_model_dir(uri: str) -> Path:
         with quiet_downloads():
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
                                                              dst_path=tempfile.mkdtemp(prefix="deepfake-model-")))
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         first = first_line(exc)
         raise DeepfakeError(
             f"--model {uri}: cannot download this model ({first}); check the URI, the tracking URI "
@@ -470,7 +492,7 @@ def download_model_dir(uri: str) -> Path:
 def run_info(run_id: str) -> dict[str, Any]:
     try:
         run = mlflow.get_run(run_id)
-    except Exception:
+    except STORE_ERRORS:
         raise DeepfakeError(f"--run {run_id}: no such MLflow run at {mlflow.get_tracking_uri()}") from None
     return {"run_id": run_id, "params": run.data.params, "metrics": run.data.metrics, "tags": run.data.tags,
             "status": run.info.status, "artifact_uri": run.info.artifact_uri}
@@ -530,7 +552,7 @@ def register_model(model_uri: str, name: str, tags: dict[str, Any] | None = None
         return existing
     try:
         mv = mlflow.register_model(model_uri, name, tags=tags)
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         first = first_line(exc)
         raise DeepfakeError(f"could not register {model_uri} as '{name}': {first}") from None
     return str(mv.version)
@@ -578,7 +600,7 @@ def download_run_artifacts(run_id: str, path: str = "") -> Path:
         with quiet_downloads():
             return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path or None,
                                                             dst_path=tempfile.mkdtemp(prefix="deepfake-run-")))
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         first = first_line(exc)
         raise DeepfakeError(f"--run {run_id}: cannot read this run's artifacts ({first})") from None
 

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -29,6 +29,9 @@ from deepfake import atomic
 from deepfake import model as M
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +177,8 @@ def _phase_callbacks(
 
 def train(
     cfg: Config,
-    train_ds,
-    val_ds,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
     checkpoint_dir: str | Path,
     *,
     class_weight: dict[int, float] | None = None,
@@ -370,6 +373,6 @@ def _restore_best(model: keras.Model, ckpt_dir: Path) -> None:
         model.set_weights(M.load_keras_model(best).get_weights())
 
 
-def predict_probabilities(model: keras.Model, dataset, verbose: int = 0) -> np.ndarray:
+def predict_probabilities(model: keras.Model, dataset: tf.data.Dataset, verbose: int = 0) -> np.ndarray:
     """Fake probabilities for every image of a (non-shuffled) dataset, as a 1-D float array."""
     return np.asarray(model.predict(dataset, verbose=verbose), dtype="float64").reshape(-1)

@@ -22,9 +22,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
+import sqlalchemy.exc
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DISTRIBUTION_KEYS = {"type", "low", "high", "log", "step", "choices"}
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+BASELINE_ATTR = "baseline"  # trial user attribute: the trial enqueued with the configuration's own values
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's MLflow run, recorded as soon as the run starts
 FAILURE_ATTR = "failure"  # trial user attribute: why the trial failed, for its MLflow run
 
@@ -63,6 +65,23 @@ class SearchSpace:
                                                 step=spec.get("step", 1))
             else:
                 values[key] = trial.suggest_categorical(key, spec["choices"])
+        return values
+
+    def baseline(self, cfg: C.Config) -> dict[str, Any]:
+        """The configuration's own values of the parameters, where the space holds them (a value outside a
+        range, off its step or not among the choices is left to the sampler). A one-element list, such as
+        ``model.head_units: [256]``, is the choice ``256``."""
+        flat = cfg.flat()
+        values: dict[str, Any] = {}
+        for key, spec in self.params.items():
+            value = flat[key]
+            if spec["type"] == "categorical":
+                if value in spec["choices"]:
+                    values[key] = value
+                elif isinstance(value, list) and len(value) == 1 and value[0] in spec["choices"]:
+                    values[key] = value[0]
+            elif _in_range(value, spec):
+                values[key] = value
         return values
 
 
@@ -106,6 +125,16 @@ def load_search_space(path: str | Path) -> SearchSpace:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in_range(value: Any, spec: dict[str, Any]) -> bool:
+    """``value`` is one a float or int distribution can draw (within low..high, on the step grid)."""
+    if not _is_number(value) or (spec["type"] == "int" and not isinstance(value, int)):
+        return False
+    if not spec["low"] <= value <= spec["high"]:
+        return False
+    steps = (value - spec["low"]) / spec["step"] if spec.get("step") else 0
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
 
 
 def _check_distribution(where: str, spec: dict[str, Any]) -> None:
@@ -225,16 +254,21 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler = make_sampler(self._spec, seed=self.seed_for(trial.number))
         self._sampler.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study, trial):
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
         return self._sampler.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study, trial, search_space):
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
         return self._sampler.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: optuna.distributions.BaseDistribution) -> Any:
         return self._sampler.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study, trial, state, values) -> None:
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         self._sampler.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -309,7 +343,7 @@ class RetryingStorage(optuna.storages.BaseStorage, optuna.storages._heartbeat.Ba
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             self.rdb.record_heartbeat(trial_id)
-        except Exception as exc:  # the next beat tries again; a dead worker's trial goes stale regardless
+        except Exception as exc:  # noqa: BLE001 - the heartbeat thread outlives any failure; the next beat tries again
             log.debug("missed a heartbeat: %s", first_line(exc))
 
     def trials_silent_for(self, study_id: int, seconds: float) -> list[int]:
@@ -364,11 +398,12 @@ def _fail_run(run_id: str | None, reason: str) -> None:
         return
     try:
         tracking.fail_run(run_id, reason)
-    except Exception as exc:
+    except tracking.STORE_ERRORS as exc:
         log.warning("could not end MLflow run %s as FAILED yet (%s)", run_id, first_line(exc))
 
 
-def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | None = None, max_retry: int = 2):
+def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | None = None,
+                 max_retry: int = 2) -> RetryingStorage:
     """An RDB storage with heartbeats, so trials of killed workers are failed and retried, which rides out
     database outages shorter than the grace period (see :class:`RetryingStorage`)."""
     if not url or "://" not in url:
@@ -393,7 +428,7 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | Non
                     },
                 )
             return RetryingStorage(rdb, url, budget=grace_period)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to open the user's --storage is reported in one line
             text = str(exc)
             # Workers starting together on a fresh database race to create Optuna's tables.
             if attempt < 3 and any(s in text for s in ("already exists", "duplicate key", "UniqueViolation")):
@@ -495,6 +530,7 @@ def tune(
             sampler=TrialSeededSampler(space.sampler, study_name, cfg.train.seed), pruner=make_pruner(space.pruner),
         )
         current["study"] = study
+        enqueue_baseline(study, space, cfg, echo)
         parent = _parent_run(study, cfg, study_name, storage)
         _fail_stale_trials(study)
         _close_failed_runs(study, parent)
@@ -514,7 +550,10 @@ def tune(
                 retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
             if frozen.user_attrs.get(FAILURE_ATTR):  # a retry inherits the failed trial's attributes
                 trial.set_user_attr(FAILURE_ATTR, "")
-            echo(f"\n[trial {trial.number}] {params}" + (f" (retry of trial {retried})" if retried is not None else ""))
+            baseline = bool(frozen.user_attrs.get(BASELINE_ATTR))
+            echo(f"\n[trial {trial.number}] {params}" + (" (baseline: the configuration's own values)" if baseline
+                                                         else "")
+                 + (f" (retry of trial {retried})" if retried is not None else ""))
             try:
                 result = pipeline.run(
                     trial_cfg,
@@ -523,7 +562,8 @@ def tune(
                     parent_run_id=parent,
                     run_name=f"trial-{trial.number:04d}",
                     tags={"optuna.study_name": study_name, "optuna.trial_number": str(trial.number),
-                          **({"optuna.retry_of": str(retried)} if retried is not None else {})},
+                          **({"optuna.retry_of": str(retried)} if retried is not None else {}),
+                          **({"optuna.baseline": "true"} if baseline else {})},
                     verbose=0,
                     echo=lambda s: None,
                     on_run_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id),
@@ -562,6 +602,21 @@ def tune(
         _settle(study, rdb, heartbeat_interval, grace_period, echo)
         _close_failed_runs(study, parent)
         return summarize(study, parent, started, echo)
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, cfg: C.Config,
+                     echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """A new study (no trials yet) starts with the configuration's own values (:meth:`SearchSpace.baseline`):
+    the baseline the sampler then has to beat. Returns the enqueued values; None for a study that has trials.
+    Two workers starting a new study at once enqueue it once (``skip_if_exists``)."""
+    if study.get_trials(deepcopy=False):
+        return None
+    values = space.baseline(cfg)
+    if not values:
+        return None
+    study.enqueue_trial(values, user_attrs={BASELINE_ATTR: True}, skip_if_exists=True)
+    echo(f"New study: the first trial is the configuration's own values, the baseline to beat: {values}")
+    return values
 
 
 class TrackingUnreachable(DeepfakeError):
@@ -630,7 +685,8 @@ def _retry_later(study: optuna.Study, number: int) -> bool:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
         return True
-    except Exception as exc:  # the database is down too: the trial is retried when its heartbeat expires
+    except (StorageUnreachable, sqlalchemy.exc.SQLAlchemyError) as exc:  # the database is down too: the
+        # trial is retried when its heartbeat expires
         log.debug("could not queue a retry of trial %s: %s", number, first_line(exc))
         return False
 
@@ -736,6 +792,6 @@ def _plots(study: optuna.Study) -> dict[str, Any]:
             ax = ax[0] if hasattr(ax, "__len__") and not hasattr(ax, "figure") else ax
             ax = ax.flat[0] if hasattr(ax, "flat") else ax
             figures[name] = ax.figure
-        except Exception as exc:  # e.g. importances need 2+ complete trials with varying params
+        except Exception as exc:  # noqa: BLE001 - a figure Optuna cannot draw (importances need 2+ varied trials) is skipped
             log.info("skipped the %s plot: %s", name, exc)
     return figures

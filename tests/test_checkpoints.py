@@ -122,6 +122,7 @@ KILL_MID_SAVE = textwrap.dedent("""
     from pathlib import Path
     import keras
     from deepfake import config as C, data as D, training as T
+    from deepfake.input_pipeline import make_dataset
 
     data, out, sets = sys.argv[1], sys.argv[2], sys.argv[3:]
     real_save = keras.Model.save

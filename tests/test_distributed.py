@@ -5,6 +5,7 @@ import subprocess
 import sys
 import uuid
 
+import psycopg
 import pytest
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -21,7 +22,7 @@ def databases():
     """Fresh Optuna and MLflow databases on the local server, dropped afterwards."""
     try:
         conn = _admin()
-    except Exception as exc:  # pragma: no cover - depends on the machine
+    except (OSError, psycopg.Error) as exc:  # pragma: no cover - depends on the machine
         reason = f"PostgreSQL at 127.0.0.1:5432 is not reachable ({type(exc).__name__}); start it to run this test"
         print(reason)
         pytest.skip(reason)

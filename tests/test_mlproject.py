@@ -1,4 +1,4 @@
-"""MLproject entry points mirror the CLI, and conda.yaml pins what pyproject.toml pins."""
+"""MLproject entry points mirror the CLI, and python_env.yaml has the dependencies pyproject.toml has."""
 
 import tomllib
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 from deepfake import config as C
 from deepfake.cli import main
@@ -71,12 +72,14 @@ def test_parameters_mirror_cli_options(entry):
         assert param_spec["default"] == default, f"{entry}.{name}: {param_spec['default']!r} != CLI {default!r}"
 
 
-def test_conda_env_pins_the_same_dependencies_as_pyproject():
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
-    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
-    assert sorted(d for d in pip if d != "-e .") == sorted(deps)
-    assert "python_env" not in mlproject()  # MLflow allows one environment file: conda.yaml
+def test_python_env_has_the_same_dependencies_as_pyproject():
+    assert mlproject()["python_env"] == "python_env.yaml"  # MLflow allows one environment file
+    assert "conda_env" not in mlproject() and not (REPO / "conda.yaml").exists()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    env = yaml.safe_load((REPO / "python_env.yaml").read_text())
+    assert env["dependencies"] == [*pyproject["project"]["dependencies"], "."]  # then the project itself
+    assert set(env["build_dependencies"]) == {"pip", *pyproject["build-system"]["requires"]}
+    assert SpecifierSet(pyproject["project"]["requires-python"]).contains(env["python"])
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ a function still ties two modules together), so a circle cannot hide behind a la
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,28 @@ def test_every_command_lives_in_the_cli_file_named_after_it():
     assert files == set(main.commands)
     for name, command in main.commands.items():
         assert command.callback.__module__ == f"deepfake.cli.{name.replace('-', '_')}", name
+
+
+def test_readme_layout_names_every_module():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("Layout: `deepfake/`"):readme.index("## License")]
+    named = {name.rstrip("/") for name in re.findall(r"`([^`]+)`", layout)}
+    top = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert top | folders <= named, f"not in the README's layout: {sorted((top | folders) - named)}"
+
+
+def test_cli_choices_come_from_their_constants():
+    from deepfake.cli import main
+    from deepfake.data import SPLITS
+    from deepfake.export import FORMATS
+    from deepfake.objectives import METRICS
+
+    def choices(command, option):
+        (param,) = [p for p in main.commands[command].params if p.name == option]
+        return tuple(param.type.choices)
+
+    assert choices("tune", "metric") == tuple(METRICS)
+    assert choices("export", "fmt") == FORMATS
+    assert choices("sample", "split") == SPLITS
+    assert choices("evaluate", "split") == ("auto", "all", *SPLITS)

@@ -83,6 +83,67 @@ def test_suggest_covers_every_parameter(space):
     assert 0 <= values["model.dropout"] <= 0.5 and values["model.head_units"] in (8, 16)
 
 
+def test_baseline_is_the_configurations_values_that_the_space_holds(space):
+    s = tuning.load_search_space(space)  # dropout 0..0.5, learning rate 1e-4..1e-2 (log), head_units 8 or 16
+    cfg = C.resolve(set_args=["model.dropout=0.25", "train.learning_rate=0.003", "model.head_units=[16]"])
+    assert s.baseline(cfg) == {"model.dropout": 0.25, "train.learning_rate": 0.003, "model.head_units": 16}
+    outside = C.resolve(set_args=["model.dropout=0.6", "train.learning_rate=0.003", "model.head_units=[64]"])
+    assert s.baseline(outside) == {"train.learning_rate": 0.003}  # the rest is the sampler's to draw
+
+
+def test_a_new_study_starts_with_the_baseline_and_an_old_one_does_not(space):
+    s = tuning.load_search_space(space)
+    cfg = C.resolve(set_args=["model.dropout=0.25", "train.learning_rate=0.003", "model.head_units=[16]"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    printed: list[str] = []
+    assert tuning.enqueue_baseline(study, s, cfg, printed.append) == s.baseline(cfg)
+    assert "baseline" in printed[0]
+    trial = study.ask()
+    assert s.suggest(trial) == {"model.dropout": 0.25, "train.learning_rate": 0.003, "model.head_units": 16}
+    assert trial.user_attrs[tuning.BASELINE_ATTR] is True
+    study.tell(trial, 0.7)
+    # A study that has trials (resumed, or joined by another worker) gets no second baseline.
+    assert tuning.enqueue_baseline(study, s, cfg, printed.append) is None
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,)) and len(printed) == 1
+
+
+def test_make_dashboard_serves_the_studies_of_the_storage(tmp_path):
+    """`make dashboard` runs optuna-dashboard (a dev dependency) on OPTUNA_STORAGE; here a temporary one."""
+    import json
+    import shutil
+    import socket
+    import urllib.request
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="dashboard-probe", storage=storage)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    venv = Path(sys.executable).parent.parent  # the venv running the tests: -o keeps make from reinstalling it
+    proc = subprocess.Popen(
+        ["make", "-s", "-C", str(Path(__file__).resolve().parents[1]), "dashboard", f"VENV={venv}",
+         f"OPTUNA_STORAGE={storage}", f"DASHBOARD_PORT={port}", "-o", f"{venv}/bin/deepfake"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    local = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never through a proxy
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with local.open(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer within 60 s"
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["dashboard-probe"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("url, fragment", [
     ("foo://x", "unsupported scheme"),
     ("optuna.db", "not a database URL"),
@@ -110,6 +171,10 @@ def test_study_nested_runs_registry_and_resume(env, space):
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
     assert all(r.data.tags["state"] == "COMPLETE" for r in trials)
     assert all("val_auc" in r.data.metrics and "model.dropout" in r.data.params for r in trials)
+    # The new study's first trial is the configuration's own values (TINY: dropout 0.3, head_units [8]).
+    first = next(r for r in trials if r.data.tags["optuna.trial_number"] == "0")
+    assert first.data.tags["optuna.baseline"] == "true" and "optuna.baseline" not in trials[1 - trials.index(first)].data.tags
+    assert first.data.params["model.dropout"] == "0.3" and first.data.params["train.learning_rate"] == "0.001"
     client = mlflow.MlflowClient()
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/optimization_history.png", "study/parallel_coordinate.png"} <= parent_files

@@ -211,8 +211,8 @@ def test_unreachable_names_the_tracking_store_only_for_network_errors():
     try:
         try:
             raise requests.exceptions.ConnectionError("Connection refused")
-        except Exception:
-            raise RuntimeError("API request to http://x/api failed")  # how MLflow wraps it
+        except requests.exceptions.ConnectionError:
+            raise RuntimeError("API request to http://x/api failed")  # noqa: B904 - how MLflow wraps it
     except RuntimeError as exc:
         assert "cannot be reached" in tracking.unreachable(exc)
     assert tracking.unreachable(ValueError("bad value")) is None
@@ -299,11 +299,11 @@ PG = "postgresql://postgres@127.0.0.1:5432"
 @pytest.fixture()
 def pg_database():
     """A fresh database on the local PostgreSQL server, dropped afterwards."""
-    try:
-        import psycopg
+    import psycopg
 
+    try:
         admin = psycopg.connect(f"{PG}/test", connect_timeout=3, autocommit=True)
-    except Exception as exc:  # pragma: no cover - depends on the machine
+    except (OSError, psycopg.Error) as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({type(exc).__name__})")
     name = f"deepfake_outage_{uuid.uuid4().hex[:8]}"
     admin.execute(f"CREATE DATABASE {name}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from deepfake.errors import DeepfakeError
 
@@ -40,7 +41,7 @@ class Backbone:
     weights_hint: str = ""  # how to get ImageNet weights without internet, for error messages
     extra: dict = field(default_factory=dict)  # family-specific settings for the implementing module
 
-    def impl(self):
+    def impl(self) -> ModuleType:
         return importlib.import_module(f"deepfake.backbones.{self.module}")
 
 

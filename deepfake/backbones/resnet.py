@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import keras
 
-from deepfake.backbones import WeightsUnavailable
+from deepfake.backbones import Backbone, WeightsUnavailable
 
 
-def build(spec, input_shape: tuple[int, int, int], pooling: str, weights: str | None = None) -> keras.Model:
+def build(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None,
+          weights: str | None = None) -> keras.Model:
     return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape,
                                        pooling=pooling, name=spec.name)
 
 
-def load_imagenet(spec, input_shape, pooling) -> tuple[keras.Model, str]:
+def load_imagenet(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None) -> tuple[keras.Model, str]:
     try:
-        return build(spec, input_shape, pooling, "imagenet"), "imagenet"
-    except Exception as exc:  # no network, blocked host, corrupt cache...
+        return build(spec, input_shape, pooling, "imagenet"), "keras.applications download"
+    except Exception as exc:  # noqa: BLE001 - no network, blocked host, corrupt cache: get_file raises bare Exception
         raise WeightsUnavailable(f"could not download ImageNet weights ({type(exc).__name__})") from None
 
 
-def stage_of(spec, layer_name: str) -> int | None:
+def stage_of(spec: Backbone, layer_name: str) -> int | None:
     """conv1/pool1 -> 1, conv2_* -> 2, ... conv5_* -> 5 (top); None for layers outside the stages."""
     if layer_name.startswith(("conv1", "pool1")):
         return 1

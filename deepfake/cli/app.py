@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
 
 from deepfake import __version__, backbones
 from deepfake.errors import DeepfakeError
+
+if TYPE_CHECKING:
+    from deepfake.config import Config
+    from deepfake.inference import Predictor
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MODEL_URI = "models:/deepfake-detector@champion"
@@ -111,7 +115,7 @@ def training_options(func: Callable) -> Callable:
     return func
 
 
-def config_from_options(config_files=(), set_args=(), **options: Any):
+def config_from_options(config_files: Sequence[str] = (), set_args: Sequence[str] = (), **options: Any) -> Config:
     """Resolve defaults <- YAML files <- named options <- ``--set`` overrides."""
     from deepfake import config as C
 
@@ -129,7 +133,7 @@ def require(value: Any, option: str, hint: str) -> Any:
     return value
 
 
-def load_detector(model_ref: str, tracking_uri: str | None = None):
+def load_detector(model_ref: str, tracking_uri: str | None = None) -> Predictor:
     """A model folder, ``.keras`` file or exported folder, or an MLflow model URI (downloaded from the
     tracking store ``tracking_uri`` names) -> a loaded :class:`~deepfake.inference.Predictor`."""
     from deepfake import tracking

@@ -25,7 +25,8 @@ from deepfake.data import SPLITS
               help="Where figures, tables and the report go.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI.")
 @click.option("--experiment", default="deepfake-evaluation", show_default=True, help="MLflow experiment for the run.")
-def evaluate(model_ref, data, split, metadata, robustness, report, output_dir, tracking_uri, experiment) -> None:
+def evaluate(model_ref: str, data: str, split: str, metadata: str | None, robustness: bool, report: bool,
+             output_dir: str, tracking_uri: str | None, experiment: str) -> None:
     """Evaluate any model on any dataset (cross-dataset evaluation), logged as an MLflow run.
 
     A held-out dataset is evaluated whole: an unsplit folder (DATA/real/, DATA/fake/) or one
@@ -40,7 +41,8 @@ def evaluate(model_ref, data, split, metadata, robustness, report, output_dir, t
     from deepfake import evaluation_run, tracking
     from deepfake.config import resolve
 
-    cfg = resolve(overrides={"data": {"path": data}, "tracking": {"tracking_uri": tracking_uri, "experiment": experiment}})
+    cfg = resolve(overrides={"data": {"path": data},
+                             "tracking": {"tracking_uri": tracking_uri, "experiment": experiment}})
     tracking.setup(cfg.tracking)
     evaluation_run.run(cfg, model_ref, split=split, metadata=metadata, robustness=robustness, report=report,
                        out_dir=output_dir, echo=click.echo)

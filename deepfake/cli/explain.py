@@ -15,7 +15,7 @@ from deepfake.cli.app import DEFAULT_MODEL_URI, MODEL_HELP, load_detector, main
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="Where to save the figure [default: IMAGE_gradcam.png in the working directory].")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
-def explain(image, model_ref, out_path, tracking_uri) -> None:
+def explain(image: str, model_ref: str, out_path: str | None, tracking_uri: str | None) -> None:
     """Save a Grad-CAM heat map over IMAGE next to the model's prediction."""
     from deepfake.errors import DeepfakeError
     from deepfake.explain import grad_cam, save_explanation

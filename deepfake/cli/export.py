@@ -16,7 +16,7 @@ from deepfake.export import FORMATS
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for model.onnx and model.meta.json (use it with `deepfake predict --model`).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
-def export_cmd(model_ref, fmt, out_dir, tracking_uri) -> None:
+def export_cmd(model_ref: str, fmt: str, out_dir: str, tracking_uri: str | None) -> None:
     """Export a detector to ONNX for faster CPU inference, checked against Keras on 100 images."""
     from deepfake.export import export
 

@@ -20,7 +20,8 @@ OUTPUT_SUFFIXES = (".csv", ".json")
               help="Write results to a .csv or .json file instead of a table on the terminal.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per batch.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
-def predict(paths, model_ref, output, batch_size, tracking_uri) -> None:
+def predict(paths: tuple[str, ...], model_ref: str, output: str | None, batch_size: int,
+            tracking_uri: str | None) -> None:
     """Predict whether images are fake. PATHS are files, folders (searched recursively) or globs.
 
     Exit code 0 when every image was answered, 1 when some could not be read (they are listed

@@ -13,7 +13,7 @@ from deepfake.cli.app import main
 @click.option("--name", default="deepfake-detector", show_default=True, help="Registered model name.")
 @click.option("--force", is_flag=True, help="Move @champion even if the version does not win.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI.")
-def promote(version, data, name, force, tracking_uri) -> None:
+def promote(version: str, data: str, name: str, force: bool, tracking_uri: str | None) -> None:
     """Move @champion to VERSION if it beats the current champion on the test split."""
     from deepfake import data as D
     from deepfake import registry, tracking

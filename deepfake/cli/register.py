@@ -13,13 +13,14 @@ from deepfake.cli.app import main
 @click.option("--name", default="deepfake-detector", show_default=True, help="Registered model name.")
 @click.option("--force", is_flag=True, help="Promote even if it does not beat the champion.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI.")
-def register(run_id, data, name, force, tracking_uri) -> None:
+def register(run_id: str, data: str, name: str, force: bool, tracking_uri: str | None) -> None:
     """Register a run's model and promote it to @champion if it beats the current champion."""
     from deepfake import data as D
     from deepfake import registry, tracking
     from deepfake.config import resolve
 
-    cfg = resolve(overrides={"data": {"path": data}, "tracking": {"tracking_uri": tracking_uri, "registered_model": name}})
+    cfg = resolve(overrides={"data": {"path": data},
+                             "tracking": {"tracking_uri": tracking_uri, "registered_model": name}})
     tracking.setup(cfg.tracking)
     tracking.run_info(run_id)  # an unknown run stops here, before the dataset is scanned
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed)

@@ -14,7 +14,7 @@ from deepfake.cli.app import main
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="Where to write the HTML [default: report_<run>.html].")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI.")
-def report(run_id, out_path, tracking_uri) -> None:
+def report(run_id: str, out_path: str | None, tracking_uri: str | None) -> None:
     """Write one self-contained HTML page with a run's metrics, tables and figures; log it to the run."""
     from deepfake import tracking
     from deepfake.config import TrackingConfig

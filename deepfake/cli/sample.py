@@ -15,11 +15,13 @@ from deepfake.data import SPLITS
 @click.option("--data", required=True, type=click.Path(), help="Dataset root (either layout).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS), help="Split to draw from.")
 @click.option("--seed", default=None, type=int, help="Seed for the random pick (default: a new pick each time).")
-@click.option("-n", "--count", default=1, show_default=True, type=click.IntRange(1, 64), help="Number of images (>1 draws a grid).")
+@click.option("-n", "--count", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Number of images (>1 draws a grid).")
 @click.option("--out", "out_path", default="sample_prediction.png", show_default=True, type=click.Path(dir_okay=False),
               help="Where to save the figure.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
-def sample(model_ref, data, split, seed, count, out_path, tracking_uri) -> None:
+def sample(model_ref: str | None, data: str, split: str, seed: int | None, count: int, out_path: str,
+           tracking_uri: str | None) -> None:
     """Predict randomly chosen images and save a figure with true label, prediction and probability."""
     import secrets
 

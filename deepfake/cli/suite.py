@@ -20,7 +20,8 @@ from deepfake.cli.app import SEARCH_SPACE_HELP, config_from_options, main
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI.")
 @click.option("--experiment", default=None, help="MLflow experiment name.")
 @click.option("--seed", default=None, type=int, help="Random seed.")
-def suite(data, demo_dir, config_files, study_name, storage, n_trials, search_space, tracking_uri, experiment, seed):
+def suite(data: str, demo_dir: str, config_files: tuple[str, ...], study_name: str, storage: str, n_trials: int,
+          search_space: str, tracking_uri: str | None, experiment: str | None, seed: int | None) -> None:
     """The whole experiment suite (MLproject 'main'): demo data, study, champion, evaluation, sample.
 
     \b

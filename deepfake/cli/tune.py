@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
 from deepfake.cli.app import SEARCH_SPACE_HELP, config_from_options, main, require, training_options
@@ -10,7 +12,7 @@ from deepfake.objectives import METRICS
 DEFAULT_SEARCH_SPACE = "search_space"  # shipped with the package (deepfake/experiments/search_space.yaml)
 
 
-def tune_options(func):
+def tune_options(func: Callable[..., None]) -> Callable[..., None]:
     options = [
         click.option("--study-name", required=True, help="Optuna study name; the same name and storage resume it."),
         click.option("--storage", default="sqlite:///optuna.db", show_default=True,
@@ -36,7 +38,8 @@ def tune_options(func):
 @main.command()
 @training_options
 @tune_options
-def tune(study_name, storage, n_trials, timeout, search_space, metric, heartbeat, register, **options) -> None:
+def tune(study_name: str, storage: str, n_trials: int, timeout: float, search_space: str, metric: str, heartbeat: int,
+         register: bool, **options: Any) -> None:
     """Run (or resume) an Optuna study of two-phase transfer-learning trainings.
 
     Every trial is an MLflow run nested under the study's parent run, pruned on the
