@@ -122,7 +122,7 @@ def main() -> None:
     for name in args.backbones:
         out = subprocess.run([sys.executable, "-c", CHILD, name, str(args.repeats)], capture_output=True, text=True,
                              env=env)
-        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if not line:
             raise SystemExit(f"{name} failed:\n{out.stderr[-2000:]}")
         r = json.loads(line[0])

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import write
 
 
@@ -59,7 +58,8 @@ def main() -> None:
     onnx1 = timed(lambda: onnx.predict(x32[:1]), args.repeats * 3)
     rows.append({"measure": f"batch 32 images/s ({args.size} px)", "keras": round(32 / keras32, 1),
                  "onnxruntime": round(32 / onnx32, 1), "ratio": round(keras32 / onnx32, 2)})
-    rows.append({"measure": "batch 1 latency ms", "keras": round(keras1 * 1000, 1), "onnxruntime": round(onnx1 * 1000, 1),
+    rows.append({"measure": "batch 1 latency ms", "keras": round(keras1 * 1000, 1),
+                 "onnxruntime": round(onnx1 * 1000, 1),
                  "ratio": round(keras1 / onnx1, 2)})
 
     folder = work / "images"

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import write
 
 CHILD = r"""
@@ -65,7 +64,7 @@ def main() -> None:
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", CHILD, str(root), str(args.size)], capture_output=True, text=True,
                              env={"TF_CPP_MIN_LOG_LEVEL": "3"})
-        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if not line:
             raise SystemExit(out.stderr[-2000:])
         r = json.loads(line[0])

@@ -53,7 +53,7 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", CHILD, str(size), precision, jit, str(args.steps),
                                   str(args.batch)], capture_output=True, text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3",
                                                                                          "PATH": ""})
-            line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
             if not line:
                 rows.append({"size": size, "precision": precision, "xla": jit, "img_per_s": float("nan"),
                              "vs_float32": float("nan"), "ok": f"failed: {out.stderr.strip().splitlines()[-1][:80]}"})
@@ -61,7 +61,8 @@ def main() -> None:
             r = json.loads(line[0])
             base = base or r["img_per_s"]
             rows.append({"size": size, "precision": r["policy"], "xla": r["jit"], "img_per_s": round(r["img_per_s"], 1),
-                         "vs_float32": round(r["img_per_s"] / base, 2), "ok": "finite loss" if r["finite_loss"] else "NaN"})
+                         "vs_float32": round(r["img_per_s"] / base, 2),
+                         "ok": "finite loss" if r["finite_loss"] else "NaN"})
     write("training_throughput", rows, notes=(
         f"Batch {args.batch}, {args.steps} timed steps after 2 warm-up steps, whole backbone trainable. "
         "`train.mixed_precision=auto` and `train.jit_compile=auto` pick the fastest *correct* row for the "

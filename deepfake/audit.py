@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,7 +181,7 @@ def audit_files(paths: Sequence[str], labels: Sequence[int], splits: Sequence[st
                 threshold: float = DEFAULT_THRESHOLD, class_names: Sequence[str] = ("real", "fake"),
                 progress: bool = False) -> AuditResult:
     """Audit files with labels 0 (real) and 1 (fake); see the module docstring."""
-    paths, labels = [str(p) for p in paths], [int(l) for l in labels]
+    paths, labels = [str(p) for p in paths], [int(y) for y in labels]
     splits = list(splits) if splits is not None else [""] * len(paths)
     with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O-bound
         props = pool.map(read_properties, paths, chunksize=32)
@@ -189,7 +190,8 @@ def audit_files(paths: Sequence[str], labels: Sequence[int], splits: Sequence[st
 
             props = tqdm(props, total=len(paths), desc="auditing images", unit="img", leave=False)
         props = list(props)
-    rows = [{"path": p, "split": s, "label": l, **d} for p, s, l, d in zip(paths, splits, labels, props) if d]
+    rows = [{"path": p, "split": s, "label": y, **d}
+            for p, s, y, d in zip(paths, splits, labels, props, strict=True) if d]
     columns = ["path", "split", "label", "format", "width", "height", *[n for n, *_ in PROPERTIES[1:]]]
     files = pd.DataFrame(rows, columns=columns)
     table = []
@@ -199,14 +201,15 @@ def audit_files(paths: Sequence[str], labels: Sequence[int], splits: Sequence[st
         table.append({"property": name, "roc_auc": auc, "shortcut": bool(auc >= threshold),
                       "real": summary(by_class[0]) if len(by_class[0]) else "n/a",
                       "fake": summary(by_class[1]) if len(by_class[1]) else "n/a"})
-    unreadable = [p for p, d in zip(paths, props) if d is None]
+    unreadable = [p for p, d in zip(paths, props, strict=True) if d is None]
     return AuditResult(pd.DataFrame(table), files, threshold, list(class_names), unreadable)
 
 
 def audit_dataset(info: DatasetInfo, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> AuditResult:
     """Audit every split of a scanned dataset together."""
-    items = [(name, p, l) for name, split in info.splits.items() for p, l in zip(split.paths, split.labels)]
-    return audit_files([p for _, p, _ in items], [l for *_, l in items], [s for s, *_ in items],
+    items = [(name, p, y) for name, split in info.splits.items()
+             for p, y in zip(split.paths, split.labels, strict=True)]
+    return audit_files([p for _, p, _ in items], [y for *_, y in items], [s for s, *_ in items],
                        threshold=threshold, class_names=info.class_names, progress=progress)
 
 
@@ -219,7 +222,8 @@ def report(result: AuditResult) -> str:
     t = result.table
     auc = ["n/a" if math.isnan(a) else f"{a:.2f}" for a in t["roc_auc"]]
     cells = [["property", "ROC-AUC", "shortcut", real, fake]] + [
-        [p, a, "YES" if s else "no", r, f] for p, a, s, r, f in zip(t["property"], auc, t["shortcut"], t["real"], t["fake"])
+        [p, a, "YES" if s else "no", r, f]
+        for p, a, s, r, f in zip(t["property"], auc, t["shortcut"], t["real"], t["fake"], strict=True)
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(4)]
     for row in cells:

@@ -55,7 +55,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = backbones.DEFAULT  # resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | efficientnet_b0
+    # resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | efficientnet_b0
+    backbone: str = backbones.DEFAULT
     weights: str = "auto"  # auto | imagenet | none | path to a weights file
     pooling: str = "avg"  # avg | max
     head_units: list[int] = field(default_factory=lambda: [256])  # hidden dense layers

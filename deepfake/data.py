@@ -18,10 +18,10 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class DatasetInfo:
         labels = np.asarray(self.splits["train"].labels, dtype=int)
         classes = np.arange(len(self.class_names))
         weights = compute_class_weight("balanced", classes=classes, y=labels)
-        return {int(c): float(w) for c, w in zip(classes, weights)}
+        return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
     def report(self) -> str:
         width = max(len(n) for n in self.class_names)
@@ -219,7 +219,7 @@ def _check_all(paths: list[Path], progress: bool) -> dict[str, str]:
             from tqdm import tqdm
 
             results = tqdm(results, total=len(paths), desc="checking images", unit="img", leave=False)
-        for path, reason in zip(paths, results):
+        for path, reason in zip(paths, results, strict=True):
             if reason:
                 bad[str(path)] = reason
     return bad
@@ -237,7 +237,8 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
             if (root / split).is_dir():
                 raw[split] = _collect(root / split, names, f"split folder {root / split}")
         if "test" not in raw:
-            raise DeepfakeError(f"{root / 'test'} is missing: a split dataset needs train/, test/ (and optionally val/)")
+            raise DeepfakeError(f"{root / 'test'} is missing: a split dataset needs train/, test/ "
+                                "(and optionally val/)")
     elif all((root / n).is_dir() for n in names):
         layout = "unsplit"
         raw = {"all": _collect(root, names, f"dataset {root}")}
@@ -265,7 +266,7 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
             parts["train"], parts["val"] = train, val
             notes.append(f"no val/ folder: {cfg.val_fraction:.0%} of train/ held out for validation (seed {seed})")
 
-    splits = {name: Split(list(parts[name][0]), [int(l) for l in parts[name][1]]) for name in SPLITS}
+    splits = {name: Split(list(parts[name][0]), [int(y) for y in parts[name][1]]) for name in SPLITS}
     _require_both_classes(splits, names, root, layout == "split")
     info = DatasetInfo(str(root), layout, names, splits, skipped, notes)
     if skipped:
@@ -312,7 +313,7 @@ def scan_evaluation_dataset(cfg: DataConfig, split: str = "auto", seed: int = 42
            for key, folder in folders.items()}
     raw, skipped = _check_collected(raw, True, progress)
     paths = [p for ps, _ in raw.values() for p in ps]
-    labels = [int(l) for _, ls in raw.values() for l in ls]
+    labels = [int(y) for _, ls in raw.values() for y in ls]
     chosen = {split: Split(paths, labels)}
     layout = "unsplit" if unsplit else "split"
     _require_both_classes(chosen, names, root, split in present)
@@ -326,7 +327,8 @@ def scan_evaluation_dataset(cfg: DataConfig, split: str = "auto", seed: int = 42
 
 def _dataset_root(cfg: DataConfig) -> Path:
     if not cfg.path:
-        raise DeepfakeError("--data is required: the dataset folder (DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/)")
+        raise DeepfakeError("--data is required: the dataset folder (DATA/{train,val,test}/{real,fake}/ or "
+                            "DATA/{real,fake}/)")
     root = Path(cfg.path).expanduser()
     if not root.exists():
         raise DeepfakeError(f"data folder {root} does not exist; pass --data with an existing folder")
@@ -343,8 +345,8 @@ def _check_collected(raw: dict[str, tuple[list, list]], check_images: bool, prog
         bad = _check_all(all_paths, progress)
         skipped = [SkippedFile(p, r) for p, r in sorted(bad.items())]
         for key, (paths, labels) in raw.items():
-            kept = [(str(p), l) for p, l in zip(paths, labels) if str(p) not in bad]
-            raw[key] = ([p for p, _ in kept], [l for _, l in kept])
+            kept = [(str(p), y) for p, y in zip(paths, labels, strict=True) if str(p) not in bad]
+            raw[key] = ([p for p, _ in kept], [y for _, y in kept])
     return {k: ([str(p) for p in v[0]], list(v[1])) for k, v in raw.items()}, skipped
 
 

@@ -8,8 +8,9 @@ are written to the output folder and logged with the run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deepfake import data as D
 from deepfake import evaluation as E

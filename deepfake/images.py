@@ -141,7 +141,8 @@ def decode_with_pillow(contents: bytes) -> np.ndarray:
     """Encoded bytes of a format TensorFlow cannot read (WebP, TIFF) -> uint8 ``(H, W, 3)`` RGB, first frame."""
     from PIL import Image
 
-    raw = contents.item() if isinstance(contents, np.ndarray) else bytes(contents)  # tf.numpy_function passes a numpy scalar
+    # tf.numpy_function passes a numpy scalar
+    raw = contents.item() if isinstance(contents, np.ndarray) else bytes(contents)
     with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
         if img.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
             return np.repeat((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=-1)

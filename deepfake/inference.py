@@ -19,9 +19,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,10 +52,11 @@ class ModelMeta:
     temperature: float = 1.0  # logit temperature fitted on validation (1.0 = none)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelMeta":
+    def load(cls, path: str | Path) -> ModelMeta:
         path = Path(path)
         if not path.is_file():
-            raise DeepfakeError(f"model metadata {path} is missing; a saved detector needs {KERAS_FILE} and {META_FILE}")
+            raise DeepfakeError(f"model metadata {path} is missing; a saved detector needs {KERAS_FILE} and "
+                                f"{META_FILE}")
         data = json.loads(path.read_text())
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
@@ -104,7 +106,7 @@ PATH_UNREADABLE = ("not a base64-encoded image, nor a readable file inside the f
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _BASE64_URLSAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
-PathAccess = Union[bool, Path]  # True: any path; False: none; a folder: only files inside it
+PathAccess = bool | Path  # True: any path; False: none; a folder: only files inside it
 
 
 def path_access(allow_paths: bool = False, root: str | Path | None = None) -> PathAccess:
@@ -221,13 +223,13 @@ class Predictor:
         self.paths = paths
 
     @classmethod
-    def from_files(cls, keras_path: str | Path, meta_path: str | Path) -> "Predictor":
+    def from_files(cls, keras_path: str | Path, meta_path: str | Path) -> Predictor:
         from deepfake.model import load_keras_model
 
         return cls(load_keras_model(keras_path), ModelMeta.load(meta_path))
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "Predictor":
+    def from_dir(cls, model_dir: str | Path) -> Predictor:
         """A folder with ``model.keras`` (Keras) or ``model.onnx`` (ONNX Runtime), or a ``.keras`` file."""
         model_dir = Path(model_dir)
         if model_dir.is_dir() and (model_dir / ONNX_FILE).is_file() and not (model_dir / KERAS_FILE).is_file():
@@ -286,7 +288,7 @@ class Predictor:
                     out[i]["error"] = str(exc)
             if images:
                 probs = self.predict_arrays(np.stack(images), batch_size=batch_size)
-                for i, p in zip(good, probs):
+                for i, p in zip(good, probs, strict=True):
                     out[i].update(fake_probability=float(p), label=self.label_of(float(p)))
             rows.extend(out)
         return rows

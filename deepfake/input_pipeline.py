@@ -9,8 +9,9 @@ flips, each with its own stateless seed, so a seeded training run repeats exactl
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 

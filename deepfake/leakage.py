@@ -28,7 +28,7 @@ class Leak:
     distance: int
 
 
-def _hashes(path: str) -> tuple[str, "object"]:
+def _hashes(path: str) -> tuple[str, object]:
     import imagehash
     from PIL import Image
 
@@ -45,12 +45,12 @@ def find_leaks(info: DatasetInfo, max_distance: int = 4) -> list[Leak]:
         hashes = list(pool.map(lambda item: _hashes(item[1]), items))
     leaks: list[Leak] = []
     seen_exact: dict[str, tuple[str, str]] = {}
-    for (split, path), (digest, _) in zip(items, hashes):
+    for (split, path), (digest, _) in zip(items, hashes, strict=True):
         if digest in seen_exact and seen_exact[digest][0] != split:
             first = seen_exact[digest]
             leaks.append(Leak("exact", first[0], first[1], split, path, 0))
         seen_exact.setdefault(digest, (split, path))
-    exact_dups = {l.dup_path for l in leaks}
+    exact_dups = {leak.dup_path for leak in leaks}
     if max_distance >= 0 and items:
         bits = np.array([h.hash.flatten() for _, h in hashes], dtype=bool)  # (N, 64)
         split_idx = np.array([ORDER[s] for s, _ in items])
@@ -59,7 +59,7 @@ def find_leaks(info: DatasetInfo, max_distance: int = 4) -> list[Leak]:
             if later.size == 0:
                 continue
             dist = (bits[later] != bits[i]).sum(axis=1)
-            for j, d in zip(later[dist <= max_distance], dist[dist <= max_distance]):
+            for j, d in zip(later[dist <= max_distance], dist[dist <= max_distance], strict=True):
                 if items[j][1] in exact_dups or hashes[i][0] == hashes[j][0]:
                     continue
                 leaks.append(Leak("near", items[i][0], items[i][1], items[j][0], items[j][1], int(d)))
@@ -68,11 +68,11 @@ def find_leaks(info: DatasetInfo, max_distance: int = 4) -> list[Leak]:
 
 def dedupe(info: DatasetInfo, leaks: list[Leak]) -> DatasetInfo:
     """Remove each leak's copy from the later split (the earlier split keeps its image)."""
-    drop = {l.dup_path for l in leaks}
+    drop = {leak.dup_path for leak in leaks}
     for name in SPLITS:
         split = info.splits[name]
-        kept = [(p, l) for p, l in zip(split.paths, split.labels) if p not in drop]
-        info.splits[name] = Split([p for p, _ in kept], [l for _, l in kept])
+        kept = [(p, y) for p, y in zip(split.paths, split.labels, strict=True) if p not in drop]
+        info.splits[name] = Split([p for p, _ in kept], [y for _, y in kept])
     if drop:
         info.notes.append(f"dedupe: removed {len(drop)} duplicate image(s) from later splits")
     return info
@@ -81,10 +81,11 @@ def dedupe(info: DatasetInfo, leaks: list[Leak]) -> DatasetInfo:
 def report(leaks: list[Leak], limit: int = 20) -> str:
     if not leaks:
         return "Leakage check: no exact or near-duplicate images across splits."
-    exact = sum(l.kind == "exact" for l in leaks)
+    exact = sum(leak.kind == "exact" for leak in leaks)
     lines = [f"Leakage check: {len(leaks)} duplicate pair(s) across splits ({exact} exact, {len(leaks) - exact} near)"]
-    for l in leaks[:limit]:
-        lines.append(f"  {l.kind:<5} d={l.distance:<2} {l.kept_split}:{l.kept_path} ~ {l.dup_split}:{l.dup_path}")
+    for leak in leaks[:limit]:
+        lines.append(f"  {leak.kind:<5} d={leak.distance:<2} {leak.kept_split}:{leak.kept_path} ~ "
+                     f"{leak.dup_split}:{leak.dup_path}")
     if len(leaks) > limit:
         lines.append(f"  ... and {len(leaks) - limit} more (see dataset/leakage.json)")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ Labels: 0 = real (negative), 1 = fake (positive). Probabilities are the fake pro
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike

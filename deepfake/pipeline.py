@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from deepfake import data as D
 from deepfake import evaluation, plots, tracking, training
@@ -164,7 +165,8 @@ def run(
         model_uri = (tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements())
                      if cfg.tracking.log_model else None)
 
-        echo(MET.format_metrics_table(test_eval["metrics"], title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+        echo(MET.format_metrics_table(test_eval["metrics"],
+                                      title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
         echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
         return RunResult(
             run_id=run_id,

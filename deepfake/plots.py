@@ -6,8 +6,9 @@ nothing leaks across thousands of calls and no GUI backend is touched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -135,7 +136,7 @@ def plot_history(history: dict[str, list[float]], path: str | Path, phase_bounda
     names = [k for k in history if not k.startswith("val_") and k not in ("learning_rate",)]
     names = names or [k[4:] for k in history if k.startswith("val_")]
     fig, axes = _figure(4.2 * max(len(names), 1), 3.6, ncols=max(len(names), 1))
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         for key, label in ((name, "train"), (f"val_{name}", "validation")):
             if key in history and history[key]:
                 ax.plot(range(1, len(history[key]) + 1), history[key], "o-", ms=3, label=label)
@@ -174,7 +175,7 @@ def plot_sample_grid(items: Sequence[dict[str, Any]], path: str | Path, cols: in
     fig, axes = _figure(3.2 * cols, 3.6 * rows, ncols=cols, nrows=rows)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, item in zip(axes.ravel(), items):
+    for ax, item in zip(axes.ravel(), items, strict=False):
         ax.imshow(np.clip(np.asarray(item["image"], dtype=float), 0, 255).astype(np.uint8), interpolation="nearest")
         text, color = _caption(item.get("true_label"), item["predicted_label"], item["fake_probability"])
         ax.set_title(f"{item.get('name', '')}\n{text}", color=color, fontsize=8)
@@ -202,8 +203,9 @@ def plot_bar(labels: Sequence[str], values: Sequence[float], path: str | Path, t
     fig, axes = _figure(max(4.5, 0.8 * len(labels) + 2), 4.2)
     ax = axes[0][0]
     bars = ax.bar(range(len(labels)), values, color="tab:blue", edgecolor="black")
-    for bar, value in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    for bar, value in zip(bars, values, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center", va="bottom",
+                fontsize=8)
     ax.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)

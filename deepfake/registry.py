@@ -8,8 +8,9 @@ its comparison was recorded is completed by the next registration of the same ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from deepfake import data as D
 from deepfake import evaluation, tracking
@@ -54,7 +55,8 @@ def register_run(
                                 out_dir=out_dir, force=force, echo=echo)
 
 
-def register_study_best(result: StudyResult, cfg: Config, *, echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+def register_study_best(result: StudyResult, cfg: Config, *,
+                        echo: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Register the best model of a finished study (a :class:`deepfake.tuning.StudyResult`) and promote it
     if it wins; the comparison is also recorded on the study's parent run. None when no trial completed."""
     if not result.best_model_uri:

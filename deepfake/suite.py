@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deepfake import data as D
 from deepfake import evaluation, plots, registry, tracking, tuning

@@ -14,9 +14,10 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import keras
 import mlflow
@@ -382,7 +383,7 @@ def log_dataset(info: DatasetInfo, evaluated: str | None = None) -> None:
     mlflow.log_dict(summary, "dataset/summary.json")
     mlflow.log_text(info.report(), "dataset/report.txt")
     if info.leaks:
-        mlflow.log_dict({"duplicates_across_splits": [vars(l) for l in info.leaks]}, "dataset/leakage.json")
+        mlflow.log_dict({"duplicates_across_splits": [vars(leak) for leak in info.leaks]}, "dataset/leakage.json")
     mlflow.log_params({"dataset.root": str(info.root), "dataset.layout": info.layout})
     metrics = {"dataset.n_skipped": len(info.skipped)}
     for split_name, split in info.splits.items():

@@ -20,9 +20,10 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -595,7 +596,8 @@ def tune(
                 n_trials=n_trials - done,
                 timeout=timeout,
                 # after each trial is told: an outage from here on is not that trial's
-                callbacks=[MaxTrialsCallback(n_trials, states=finished), lambda study, trial: current.pop("trial", None)],
+                callbacks=[MaxTrialsCallback(n_trials, states=finished),
+                           lambda study, trial: current.pop("trial", None)],
                 gc_after_trial=True,
                 catch=(),
             )
@@ -760,7 +762,8 @@ def summarize(study: optuna.Study, parent: str, started: float, echo: Callable[[
     result = StudyResult(
         study_name=study.study_name, parent_run_id=parent,
         best_trial=best.number if best else None, best_value=best.value if best else None,
-        best_params=dict(best.params) if best else {}, best_model_uri=best.user_attrs.get("model_uri") if best else None,
+        best_params=dict(best.params) if best else {},
+        best_model_uri=best.user_attrs.get("model_uri") if best else None,
         best_run_id=best.user_attrs.get(RUN_ATTR) if best else None,
         n_complete=count[TrialState.COMPLETE], n_pruned=count[TrialState.PRUNED], n_failed=count[TrialState.FAIL],
         seconds=time.time() - started,

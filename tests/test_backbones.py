@@ -56,7 +56,7 @@ def test_converted_weights_are_cached_by_checkpoint_hash(monkeypatch, tmp_path):
     second, _ = EL.converted_weights(spec)
     assert calls == [1]  # converted once, then read from the cache
     for layer in first:
-        for a, b in zip(first[layer], second[layer]):
+        for a, b in zip(first[layer], second[layer], strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -127,10 +127,11 @@ def test_every_backbone_builds_freezes_by_stage_and_names_its_gradcam_layer(name
     counts = []
     for stages in range(1, spec.stages + 1):
         n = M.set_fine_tune(model, stages)
-        trainable = [l for l in backbone.layers if l.trainable and l.weights]
+        trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
         assert len(trainable) == n > 0
-        assert all(stage_of(spec, l.name) >= spec.stages + 1 - stages for l in trainable)
-        assert not any(isinstance(l, keras.layers.BatchNormalization) and l.trainable for l in backbone.layers)
+        assert all(stage_of(spec, layer.name) >= spec.stages + 1 - stages for layer in trainable)
+        assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                       for layer in backbone.layers)
         counts.append(n)
     assert counts == sorted(counts) and counts[0] < counts[-1]
     with pytest.raises(DeepfakeError, match="fine_tune_stages"):

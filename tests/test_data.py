@@ -1,6 +1,5 @@
 """Dataset layouts, bad input, unreadable files, decoding of every format, tf.data pipeline."""
 
-import io
 import shutil
 
 import numpy as np
@@ -70,8 +69,9 @@ def test_custom_class_names(tmp_path):
             write_image(tmp_path / "d" / cls / f"{i}.png")
     info = D.scan_dataset(dcfg(tmp_path / "d", "data.class_names=[camera,generated]", "data.val_fraction=0.33",
                                "data.test_fraction=0.33"))
-    labels = dict(zip(sum((s.paths for s in info.splits.values()), []), sum((s.labels for s in info.splits.values()), [])))
-    assert all(("generated" in p) == bool(l) for p, l in labels.items())
+    labels = dict(zip(sum((s.paths for s in info.splits.values()), []),
+                      sum((s.labels for s in info.splits.values()), []), strict=True))
+    assert all(("generated" in p) == bool(y) for p, y in labels.items())
 
 
 def test_missing_val_folder_is_carved_from_train(tiny_split_dataset, tmp_path):
@@ -94,7 +94,8 @@ def test_evaluation_scan_takes_a_held_out_dataset_whole(tiny_unsplit_dataset, ti
     assert "total" in info.report() and info.summary()["totals"] == {"all": 40}
     # ... unless its test split is asked for: the one training made (same seed).
     info, split = D.scan_evaluation_dataset(dcfg(tiny_unsplit_dataset), split="test", seed=3)
-    assert split == "test" and info.splits["test"].paths == D.scan_dataset(dcfg(tiny_unsplit_dataset), seed=3).splits["test"].paths
+    assert split == "test"
+    assert info.splits["test"].paths == D.scan_dataset(dcfg(tiny_unsplit_dataset), seed=3).splits["test"].paths
     assert len(info.splits["test"]) == 6
     # A folder with only test/{real,fake}: evaluated whole, not refused as a wrong layout.
     only_test = tmp_path / "only_test"
@@ -133,7 +134,8 @@ def test_path_is_a_file(tmp_path):
 
 def test_wrong_layout(tmp_path):
     write_image(tmp_path / "d" / "cats" / "a.png")
-    with pytest.raises(DeepfakeError, match=r"neither train/ val/ test/.*expected DATA/\{train,val,test\}/\{real,fake\}/"):
+    expected = r"neither train/ val/ test/.*expected DATA/\{train,val,test\}/\{real,fake\}/"
+    with pytest.raises(DeepfakeError, match=expected):
         D.scan_dataset(dcfg(tmp_path / "d"))
 
 
@@ -270,7 +272,7 @@ def test_make_dataset_shapes_labels_and_order(tiny_split_dataset):
     cfg = dcfg(tiny_split_dataset)
     info = D.scan_dataset(cfg)
     ds = IP.make_dataset(info.splits["test"], cfg, training=False)
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
     x, y = np.concatenate(xs), np.concatenate(ys)
     assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
     np.testing.assert_array_equal(y, info.splits["test"].labels)  # evaluation keeps file order

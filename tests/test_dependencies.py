@@ -2,9 +2,9 @@
 included) at exactly the floor pyproject.toml declares, so that CI's floor run (`make test-floor`) tests the
 versions users may install."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version

@@ -61,7 +61,7 @@ def test_two_workers_share_one_study(databases, tiny_split_dataset, tmp_path):
         for i in range(2)
     ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
-    for w, out in zip(workers, outputs):
+    for w, out in zip(workers, outputs, strict=True):
         assert w.returncode == 0, out[-3000:]
     study = optuna.load_study(study_name="shared", storage=storage)
     numbers = [t.number for t in study.trials]

@@ -24,7 +24,7 @@ def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset):
     images = sorted(str(p) for p in (tiny_split_dataset / "test").rglob("*.jpg"))
     keras_rows = Predictor.from_dir(tmp_path / "keras").predict_values(images)
     onnx_rows = exported.predict_values(images)
-    for a, b in zip(keras_rows, onnx_rows):
+    for a, b in zip(keras_rows, onnx_rows, strict=True):
         assert abs(a["fake_probability"] - b["fake_probability"]) < 1e-3 and a["label"] == b["label"]
     cli = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "onnx"), *images])
     assert cli.exit_code == 0, cli.output

@@ -37,7 +37,8 @@ def champion(tmp_path_factory, tiny_split_dataset):
     uri = f"sqlite:///{root}/mlflow.db"
     cfg = C.resolve(set_args=[
         f"data.path={tiny_split_dataset}", "data.image_size=32", "data.batch_size=8", "model.weights=none",
-        "model.backbone=efficientnet_lite0", "model.head_units=[8]", "train.epochs=1", "train.fine_tune_epochs=1", f"train.output_dir={root}/out",
+        "model.backbone=efficientnet_lite0", "model.head_units=[8]", "train.epochs=1", "train.fine_tune_epochs=1",
+        f"train.output_dir={root}/out",
         f"tracking.tracking_uri={uri}", "tracking.experiment=inference",
     ])
     tracking.setup(cfg.tracking)
@@ -223,7 +224,8 @@ def test_predict_cli_folders_globs_outputs_and_exit_codes(champion, images, tmp_
     assert frame["error"].notna().sum() == 2
     assert frame.loc[frame["path"].str.endswith("bomb.png"), "error"].str.contains("too large").all()
     out_json = tmp_path / "p.json"
-    as_json = runner.invoke(main, ["predict", "--model", str(champion["model_dir"]), test_dir, "--output", str(out_json)])
+    as_json = runner.invoke(main, ["predict", "--model", str(champion["model_dir"]), test_dir,
+                                   "--output", str(out_json)])
     assert as_json.exit_code == 0
     assert len(json.loads(out_json.read_text())) == len(images["good"])
 

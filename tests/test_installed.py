@@ -1,10 +1,10 @@
 """Installed, not cloned: the shipped configs and search spaces are package data, found from any folder."""
 
 import fnmatch
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from click.testing import CliRunner
 
@@ -78,7 +78,8 @@ def test_every_shipped_config_resolves_from_any_folder(elsewhere, name):
 
 @pytest.mark.parametrize("value", ["search_space_demo", "search_space_demo.yaml", "experiments/search_space_demo.yaml"])
 def test_shipped_search_spaces_resolve_by_name_from_any_folder(elsewhere, value):
-    assert tuning.load_search_space(value).params == tuning.load_search_space(C.shipped("search_space_demo.yaml")).params
+    shipped = tuning.load_search_space(C.shipped("search_space_demo.yaml"))
+    assert tuning.load_search_space(value).params == shipped.params
 
 
 def test_a_file_the_user_gives_wins(elsewhere):

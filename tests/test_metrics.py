@@ -87,7 +87,8 @@ def test_evaluate_predictions_writes_every_file(tmp_path):
     out = E.evaluate_predictions(Y, P, tmp_path, class_names=("real", "fake"), threshold=0.65, prefix="test")
     names = {p.split("/")[-1] for p in out["files"]}
     assert names == {
-        "test_metrics.json", "test_confusion_matrix.json", "test_confusion_matrix.png", "test_classification_report.txt",
+        "test_metrics.json", "test_confusion_matrix.json", "test_confusion_matrix.png",
+        "test_classification_report.txt",
         "test_classification_report.json", "test_roc_curve.png", "test_pr_curve.png", "test_reliability.png",
     }
     saved = json.loads((tmp_path / "test_metrics.json").read_text())

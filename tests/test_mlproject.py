@@ -1,10 +1,10 @@
 """MLproject entry points mirror the CLI, and python_env.yaml has the dependencies pyproject.toml has."""
 
-import tomllib
 from pathlib import Path
 
 import click
 import pytest
+import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 

@@ -60,10 +60,10 @@ def test_fine_tune_unfreezes_top_stages_and_keeps_batchnorm_frozen(random_model)
     model, _ = random_model
     n1 = M.set_fine_tune(model, 1)
     backbone = M.backbone_of(model)
-    trainable = [l.name for l in backbone.layers if l.trainable and l.weights]
+    trainable = [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
     assert n1 == len(trainable) > 0
     assert all(name.startswith("conv5") for name in trainable)
-    assert not any(isinstance(l, keras.layers.BatchNormalization) and l.trainable for l in backbone.layers)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in backbone.layers)
     n2 = M.set_fine_tune(model, 2)
     assert n2 > n1
     assert M.set_fine_tune(model, 0) == 0 and not backbone.trainable
@@ -91,7 +91,7 @@ def test_weights_file_is_loaded(tmp_path, random_model):
     M.backbone_of(model).save_weights(path)
     loaded, info = M.build_model(cfg(weights=str(path)), with_info=True)
     assert info.source == f"file:{path}"
-    for a, b in zip(M.backbone_of(model).get_weights(), M.backbone_of(loaded).get_weights()):
+    for a, b in zip(M.backbone_of(model).get_weights(), M.backbone_of(loaded).get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -10,11 +10,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from deepfake import calibration
+from deepfake import calibration, leakage
 from deepfake import config as C
 from deepfake import data as D
 from deepfake import evaluation as E
-from deepfake import leakage
 from deepfake import model as M
 from deepfake.cli import main
 from deepfake.inference import ModelMeta, Predictor, save_detector
@@ -60,7 +59,8 @@ def test_per_source_table_by_hand(tmp_path):
         open(p, "w").close()
     labels = [0, 0, 1, 1, 1, 1]
     probs = np.array([0.2, 0.7, 0.9, 0.8, 0.3, 0.1])
-    sources = {str((tmp_path / f"{i}.jpg").resolve()): s for i, s in enumerate(["web", "web", "sdxl", "sdxl", "dalle", "dalle"])}
+    kinds = ["web", "web", "sdxl", "sdxl", "dalle", "dalle"]
+    sources = {str((tmp_path / f"{i}.jpg").resolve()): s for i, s in enumerate(kinds)}
     table = E.per_source_table(paths, labels, probs, 0.5, sources, tmp_path)
     rows = {r["source"]: r for r in table["rows"]}
     assert rows["web"]["accuracy"] == 0.5 and rows["web"]["flagged_fake"] == 0.5
@@ -110,9 +110,9 @@ def test_leakage_finds_exact_and_near_duplicates_and_dedupe_removes_later_copies
     cfg = C.resolve(set_args=[f"data.path={root}", "data.image_size=32"])
     info = D.scan_dataset(cfg.data)
     leaks = leakage.find_leaks(info, max_distance=4)
-    kinds = {(l.kind, l.dup_path.rsplit("/", 1)[-1]) for l in leaks}
+    kinds = {(leak.kind, leak.dup_path.rsplit("/", 1)[-1]) for leak in leaks}
     assert ("exact", "exact_copy.jpg") in kinds and ("near", "near_copy.jpg") in kinds
-    assert all(l.kept_split == "train" for l in leaks if "copy" in l.dup_path)
+    assert all(leak.kept_split == "train" for leak in leaks if "copy" in leak.dup_path)
     n_test = len(info.splits["test"])
     deduped = leakage.dedupe(info, leaks)
     assert len(deduped.splits["test"]) < n_test

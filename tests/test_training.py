@@ -54,10 +54,10 @@ def test_two_phases_checkpoints_and_frozen_batchnorm(demo_dir, tmp_path):
     backbone = M.backbone_of(result.model)
     import keras
 
-    assert not any(l.trainable for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization))
+    assert not any(layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
     # The returned model carries the best checkpoint's weights.
     best = M.load_keras_model(result.best_path)
-    for a, b in zip(best.get_weights(), result.model.get_weights()):
+    for a, b in zip(best.get_weights(), result.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -173,7 +173,8 @@ def test_study_nested_runs_registry_and_resume(env, space):
     assert all("val_auc" in r.data.metrics and "model.dropout" in r.data.params for r in trials)
     # The new study's first trial is the configuration's own values (TINY: dropout 0.3, head_units [8]).
     first = next(r for r in trials if r.data.tags["optuna.trial_number"] == "0")
-    assert first.data.tags["optuna.baseline"] == "true" and "optuna.baseline" not in trials[1 - trials.index(first)].data.tags
+    second = trials[1 - trials.index(first)]
+    assert first.data.tags["optuna.baseline"] == "true" and "optuna.baseline" not in second.data.tags
     assert first.data.params["model.dropout"] == "0.3" and first.data.params["train.learning_rate"] == "0.001"
     client = mlflow.MlflowClient()
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}

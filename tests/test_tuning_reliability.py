@@ -110,8 +110,11 @@ def test_a_restarted_worker_draws_new_parameters(env, monkeypatch, sampler):
     for n in (2, 4):  # the second command is a restart that continues the study
         result = CliRunner().invoke(main, tune_args(env, "restart", n))
         assert result.exit_code == 0, result.output
-    drawn = drawn_params(load(env.storage, "restart"))
-    assert len(drawn) == 4 and len(set(drawn)) == 4, drawn
+    study = load(env.storage, "restart")
+    drawn = drawn_params(study)
+    # The new study's first trial is the configuration's own values (enqueued); the sampler drew the other three.
+    assert len(study.trials) == 4 and study.trials[0].user_attrs.get(tuning.BASELINE_ATTR), study.trials
+    assert len(drawn) == 3 and len(set(drawn)) == 3, drawn
 
 
 def test_trial_seeds_depend_on_study_config_seed_and_trial():
@@ -137,7 +140,7 @@ def test_two_workers_and_a_restarted_one_never_repeat_parameters(env):
     study = load(env.storage, "pair")
     drawn = drawn_params(study)
     assert len([t for t in study.trials if t.state == COMPLETE]) >= 6
-    assert len(drawn) >= 6 and len(set(drawn)) == len(drawn), drawn
+    assert len(drawn) >= 5 and len(set(drawn)) == len(drawn), drawn  # the first trial is the enqueued baseline
 
 
 # ----------------------------------------------------------------------------- 2. runs of killed trials
@@ -420,7 +423,8 @@ def test_registration_is_idempotent_per_run_and_completes_an_interrupted_one(tmp
 
 @pytest.mark.parametrize("body, fragment", [
     ("params:\n  model.dropout: {type: float, low: 0.0, high: 0.5, step: 0}\n", "'model.dropout' has step 0"),
-    ("params:\n  train.fine_tune_stages: {type: int, low: 1, high: 3, step: 0}\n", "'train.fine_tune_stages' has step 0"),
+    ("params:\n  train.fine_tune_stages: {type: int, low: 1, high: 3, step: 0}\n",
+     "'train.fine_tune_stages' has step 0"),
     ("params:\n  model.dropout: {type: float, low: 0.0, high: 0.5, step: -0.1}\n", "has step -0.1"),
     ("params:\n  train.fine_tune_stages: {type: int, low: 1, high: 3, step: 0.5}\n", "has step 0.5"),
     ("params:\n  train.fine_tune_stages: {type: int, low: 1.5, high: 3}\n", "must be integers"),

@@ -218,7 +218,7 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
 
 
 def set_weights(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> None:
-    missing = [l.name for l in model.layers if l.weights and l.name not in weights]
+    missing = [layer.name for layer in model.layers if layer.weights and layer.name not in weights]
     if missing:
         raise WeightsUnavailable(f"converted weights lack layers {missing[:3]}")
     for layer in model.layers:

