@@ -350,6 +350,7 @@ def _dataset_warnings_silenced() -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message="Failed to determine whether .* can resolve source")  # MLflow 3.0
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         yield
 
