@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepfake.errors import DeepfakeError
+from deepfake.errors import DeepfakeError, exception_chain
 
 if TYPE_CHECKING:
     import keras
@@ -33,14 +33,11 @@ class DiskFullError(DeepfakeError):
 
 def is_disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or an exception it was raised from) is a full disk or exceeded quota."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+    for error in exception_chain(exc):
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
             return True
-        if any(text in str(exc) for text in _DISK_FULL_TEXT):  # h5py and others re-raise without errno
+        if any(text in str(error) for text in _DISK_FULL_TEXT):  # h5py and others re-raise without errno
             return True
-        exc = exc.__cause__ or exc.__context__
     return False
 
 

@@ -27,7 +27,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from deepfake.config import Config, TrackingConfig, default_tracking_uri
-from deepfake.errors import DeepfakeError, first_line
+from deepfake.errors import DeepfakeError, exception_chain, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,14 +140,10 @@ def unreachable(exc: BaseException) -> str | None:
 
     network = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                requests.exceptions.RetryError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in exception_chain(exc, suppressed_context=False):
         if isinstance(error, network):
             return (f"--tracking-uri {mlflow.get_tracking_uri()}: the MLflow tracking store cannot be reached "
                     f"({first_line(error, 160)})")
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
 
 

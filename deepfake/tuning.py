@@ -35,7 +35,7 @@ from optuna_integration import KerasPruningCallback
 
 from deepfake import config as C
 from deepfake import pipeline, tracking
-from deepfake.errors import DeepfakeError, first_line
+from deepfake.errors import DeepfakeError, exception_chain, first_line
 from deepfake.objectives import METRICS
 
 log = logging.getLogger(__name__)
@@ -284,16 +284,12 @@ def _outage_error(exc: BaseException) -> BaseException | None:
     """The database error behind ``exc`` when it means the database cannot be reached or is busy, else None."""
     import sqlalchemy.exc
 
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in exception_chain(exc):
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                               sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
             return error
         if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
             return error
-        error = error.__cause__ or error.__context__
     return None
 
 
@@ -627,13 +623,9 @@ class TrackingUnreachable(DeepfakeError):
 
 def _outage(exc: BaseException) -> DeepfakeError | None:
     """The outage behind ``exc`` (Optuna's database or the MLflow tracking store), or None."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in exception_chain(exc):
         if isinstance(error, (StorageUnreachable, TrackingUnreachable)):
             return error
-        error = error.__cause__ or error.__context__
     what = tracking.unreachable(exc)
     return TrackingUnreachable(what) if what else None
 
