@@ -53,7 +53,8 @@ REGISTRY: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone("resnet50", "resnet", 224, 2048, 5, "conv5_block3_out",
-                 mean=(103.939, 116.779, 123.68), bgr=True, weights_hint=_KERAS_HINT),
+                 mean=(103.939, 116.779, 123.68), bgr=True, weights_hint=_KERAS_HINT,
+                 extra={"application": "ResNet50"}),
         # EfficientNet-Lite (Tan and Le 2019, TF Lite variants): no squeeze-excitation, ReLU6, stem and
         # head not scaled; inputs normalised with mean 127 and std 128 as in the official builder.
         *(Backbone(f"efficientnet_lite{i}", "efficientnet_lite", size, 1280, 8, "top_activation",

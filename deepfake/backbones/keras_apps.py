@@ -1,6 +1,8 @@
-"""``keras.applications`` families whose layers follow EfficientNet's naming (stem, block1a..., top).
+"""``keras.applications`` families, built by name (``extra["application"]``); ImageNet weights by Keras' download.
 
-Their preprocessing is inside the Keras model (inputs are pixels in 0..255); ImageNet weights come
+The module's own ``stage_of`` serves the families whose layers follow EfficientNet's naming (stem,
+block1a..., top); ResNet50 (:mod:`deepfake.backbones.resnet`) brings its own. EfficientNet's
+preprocessing is inside the Keras model (inputs are pixels in 0..255); ImageNet weights come
 from Keras' own download, so they need internet once (Keras caches them in ~/.keras/models).
 """
 
@@ -21,5 +23,5 @@ def build(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None
 def load_imagenet(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None) -> tuple[keras.Model, str]:
     try:
         return build(spec, input_shape, pooling, "imagenet"), "keras.applications download"
-    except Exception as exc:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception when a download fails
+    except Exception as exc:  # noqa: BLE001 - no network, blocked host, corrupt cache: get_file raises bare Exception
         raise WeightsUnavailable(f"could not download ImageNet weights ({type(exc).__name__})") from None

@@ -1,23 +1,13 @@
-"""ResNet50 from ``keras.applications`` (He et al. 2016); ImageNet weights by Keras' own download."""
+"""ResNet50 from ``keras.applications`` (He et al. 2016); ImageNet weights by Keras' own download.
+
+Built and loaded like the other ``keras.applications`` families (:mod:`deepfake.backbones.keras_apps`);
+only its stages are named its own way.
+"""
 
 from __future__ import annotations
 
-import keras
-
-from deepfake.backbones import Backbone, WeightsUnavailable
-
-
-def build(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None,
-          weights: str | None = None) -> keras.Model:
-    return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape,
-                                       pooling=pooling, name=spec.name)
-
-
-def load_imagenet(spec: Backbone, input_shape: tuple[int, int, int], pooling: str | None) -> tuple[keras.Model, str]:
-    try:
-        return build(spec, input_shape, pooling, "imagenet"), "keras.applications download"
-    except Exception as exc:  # noqa: BLE001 - no network, blocked host, corrupt cache: get_file raises bare Exception
-        raise WeightsUnavailable(f"could not download ImageNet weights ({type(exc).__name__})") from None
+from deepfake.backbones import Backbone
+from deepfake.backbones.keras_apps import build, load_imagenet  # noqa: F401  (the registry calls them here)
 
 
 def stage_of(spec: Backbone, layer_name: str) -> int | None:
