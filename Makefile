@@ -6,13 +6,16 @@ PYTEST_ARGS ?=
 FLOOR_VENV ?= .venv-floor
 OPTUNA_STORAGE ?= sqlite:///optuna.db
 DASHBOARD_PORT ?= 8080
+# TensorFlow for the CPU; on Linux with an NVIDIA GPU: `make install EXTRAS=gpu,dev` into a new .venv (the two
+# TensorFlow builds overwrite each other, so switching means `rm -rf .venv` first).
+EXTRAS ?= cpu,dev
 
 .PHONY: install demo test test-fast test-floor lint ui dashboard clean
 
 $(BIN)/deepfake: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
 install: $(BIN)/deepfake  ## create .venv and install deepfake with its dependencies
@@ -30,7 +33,7 @@ test-floor:  ## the fast tests on the oldest versions pyproject.toml allows, in 
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floor-constraints.txt -e ".[dev]"
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floor-constraints.txt -e ".[cpu,dev]"
 	$(FLOOR_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install  ## ruff (configured in pyproject.toml)

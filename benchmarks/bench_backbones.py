@@ -36,6 +36,7 @@ from pathlib import Path
 from deepfake import config as C, model as M, training as T, backbones as B
 from deepfake.export import export
 from deepfake.inference import ModelMeta, OnnxModel, Predictor, save_detector
+from common import gmacs as count_gmacs
 
 name, repeats = sys.argv[1], int(sys.argv[2])
 spec = B.get(name)
@@ -43,24 +44,7 @@ size = spec.native_size
 cfg = C.resolve(set_args=[f"model.backbone={name}", "model.weights=none", f"data.image_size={size}"])
 model = M.build_model(cfg)
 
-def macs(m):
-    total = 0
-    for layer in m.layers:
-        if isinstance(layer, keras.Model):
-            total += macs(layer)
-            continue
-        kind = type(layer).__name__
-        if kind in ("Conv2D", "DepthwiseConv2D"):
-            h, w, c_out = layer.output.shape[1:]
-            k = int(np.prod(layer.kernel_size))
-            c_in = layer.input.shape[-1]
-            per_pixel = c_in * c_out // layer.groups if kind == "Conv2D" else c_out  # depthwise: one filter a channel
-            total += h * w * k * per_pixel
-        elif kind == "Dense":
-            total += layer.input.shape[-1] * layer.units
-    return total
-
-gmacs = macs(M.backbone_of(model)) / 1e9
+gmacs = count_gmacs(M.backbone_of(model))
 
 def best(fn, n):
     fn()
@@ -121,7 +105,7 @@ def main() -> None:
     rows = []
     for name in args.backbones:
         out = subprocess.run([sys.executable, "-c", CHILD, name, str(args.repeats)], capture_output=True, text=True,
-                             env=env)
+                             env=env, cwd=Path(__file__).resolve().parent)  # the child imports common
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if not line:
             raise SystemExit(f"{name} failed:\n{out.stderr[-2000:]}")

@@ -21,7 +21,7 @@ HEAD_ONLY_SPACE = """params:
   train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
   model.dropout: {type: float, low: 0.0, high: 0.5}
   model.head_units: {type: categorical, choices: [64, 128, 256, 512]}
-sampler: {type: tpe, seed: 0}
+sampler: {type: tpe}  # seeded per trial from train.seed and the study name
 pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 2}
 """
 

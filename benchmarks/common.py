@@ -14,6 +14,47 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ai-vs-real"
 
 
+# The CPU features that decide which precisions run fast (recorded with every result).
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8",
+                  "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """This CPU's flags among :data:`RELEVANT_FLAGS` (from /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in RELEVANT_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def gmacs(model) -> float:
+    """Multiply-accumulates per image of a Keras model's convolutions and dense layers, in billions."""
+    import keras
+    import numpy as np
+
+    def count(m) -> int:
+        total = 0
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                total += count(layer)
+                continue
+            kind = type(layer).__name__
+            if kind in ("Conv2D", "DepthwiseConv2D"):
+                h, w, c_out = layer.output.shape[1:]
+                k = int(np.prod(layer.kernel_size))
+                per_pixel = layer.input.shape[-1] * c_out // layer.groups if kind == "Conv2D" else c_out
+                total += h * w * k * per_pixel
+            elif kind == "Dense":
+                total += layer.input.shape[-1] * layer.units
+        return total
+
+    return count(model) / 1e9
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -24,13 +65,14 @@ def machine() -> dict:
     except OSError:
         pass
     versions = {}
-    for name in ("tensorflow-cpu", "tensorflow", "keras", "onnxruntime", "mlflow", "optuna", "numpy"):
+    for name in ("tensorflow-cpu", "tensorflow", "keras", "onnxruntime", "openvino", "mlflow", "optuna", "numpy"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
+            "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "versions": versions,
             "load_average_at_start": os.getloadavg()}
 
 
@@ -43,7 +85,8 @@ def write(name: str, rows: list[dict], notes: str = "", extra: dict | None = Non
     RESULTS.mkdir(exist_ok=True)
     info = machine()
     cols = list(rows[0]) if rows else []
-    lines = [f"# {name}", "", f"{info['date']} · {info['cpu']} · {info['cores']} cores · "
+    cpu = f"{info['cpu']} ({' '.join(info['cpu_flags'])})"
+    lines = [f"# {name}", "", f"{info['date']} · {cpu} · {info['cores']} cores · "
              + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), ""]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))

@@ -47,8 +47,10 @@ def evaluate_predictions(
     threshold: float = 0.5,
     prefix: str = "test",
     loss: float | None = None,
+    figures: bool = True,
 ) -> dict[str, Any]:
-    """Metrics at ``threshold`` and at 0.5, plus the JSON, text and PNG files of an evaluation."""
+    """Metrics at ``threshold`` and at 0.5, plus the JSON, text and PNG files of an evaluation (the PNGs,
+    :func:`draw_figures`, only with ``figures``: a tuning trial keeps its metrics and reports and skips them)."""
     y = np.asarray(y_true, dtype=int).reshape(-1)
     p = np.asarray(y_prob, dtype="float64").reshape(-1)
     out = Path(out_dir)
@@ -66,17 +68,31 @@ def evaluate_predictions(
     cm = MET.confusion(y, p, threshold)
     dump("confusion_matrix.json", {"labels": list(class_names), "threshold": threshold, "matrix": cm.tolist(),
                                     "rows": "true", "columns": "predicted"})
-    files.append(plots.plot_confusion_matrix(cm, class_names, out / f"{prefix}_confusion_matrix.png",
-                                             title=f"{prefix} confusion matrix (threshold {threshold:.3f})"))
     text, report = MET.classification_report(y, p, threshold, class_names)
     (out / f"{prefix}_classification_report.txt").write_text(text)
     files.append(out / f"{prefix}_classification_report.txt")
     dump("classification_report.json", report)
+    if figures:
+        files += draw_figures(y, p, out, class_names=class_names, threshold=threshold, prefix=prefix)
+    return {"metrics": at_t, "metrics_at_0.5": at_half, "files": [str(f) for f in files]}
+
+
+def draw_figures(y_true: ArrayLike, y_prob: ArrayLike, out_dir: str | Path,
+                 class_names: Sequence[str] = ("real", "fake"), threshold: float = 0.5,
+                 prefix: str = "test") -> list[Path]:
+    """The PNGs of an evaluation: confusion matrix at ``threshold``, ROC and precision-recall curves (both classes
+    present) and reliability diagram."""
+    y = np.asarray(y_true, dtype=int).reshape(-1)
+    p = np.asarray(y_prob, dtype="float64").reshape(-1)
+    out = Path(out_dir)
+    files = [plots.plot_confusion_matrix(MET.confusion(y, p, threshold), class_names,
+                                         out / f"{prefix}_confusion_matrix.png",
+                                         title=f"{prefix} confusion matrix (threshold {threshold:.3f})")]
     if len(np.unique(y)) == 2:
         files.append(plots.plot_roc(y, p, out / f"{prefix}_roc_curve.png", threshold=threshold))
         files.append(plots.plot_pr(y, p, out / f"{prefix}_pr_curve.png", threshold=threshold))
     files.append(plots.plot_reliability(y, p, out / f"{prefix}_reliability.png"))
-    return {"metrics": at_t, "metrics_at_0.5": at_half, "files": [str(f) for f in files]}
+    return files
 
 
 def evaluate_predictor(predictor: Detector, info: DatasetInfo, out_dir: str | Path, *, split: str = "test",

@@ -7,6 +7,9 @@ and its weights) and stored as ``.npy`` under ``train.feature_cache_dir``; a cha
 is a different key, so a stale cache is never read.
 
 Phase 1 from the cache trains on un-augmented features (augmentation applies in phase 2).
+
+A head-only tuning trial (:meth:`FeatureCache.head_features`) needs no backbone at all once its process
+has fingerprinted it and the features are on disk: it trains, validates and tests the head on them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     import keras
 
     from deepfake.data import DatasetInfo, Split
+    from deepfake.model import WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,18 @@ def cache_key(paths: list[str], cfg: Config, fingerprint: str) -> str:
 
 
 def compute_features(model: keras.Model, split: Split, cfg: Config) -> np.ndarray:
-    """Pooled backbone features ``(N, feature width)`` of a split's images, in file order, no augmentation."""
+    """Pooled backbone features ``(N, feature width)`` of a split's images, in file order, no augmentation.
+
+    Always those of the float32 backbone in inference mode (a float32 copy of a mixed-precision detector
+    computes them), whatever the training precision: what the saved (float32) detector computes, so that
+    the head on cached features gives the detector's own probabilities, and the same features whichever
+    precision filled the cache.
+    """
     from deepfake.input_pipeline import make_dataset
-    from deepfake.model import feature_extractor
+    from deepfake.model import as_float32, feature_extractor
 
     ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
-    return np.asarray(feature_extractor(model).predict(ds, verbose=0), dtype="float32")
+    return np.asarray(feature_extractor(as_float32(model, cfg)).predict(ds, verbose=0), dtype="float32")
 
 
 class FeatureCache:
@@ -69,14 +80,25 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, model: keras.Model, split: Split, fingerprint: str | None = None) -> np.ndarray:
-        key = cache_key(split.paths, self.cfg, fingerprint or weights_fingerprint(model))
-        path = self.directory / f"{key}.npy"
+    def _path(self, split: Split, fingerprint: str) -> Path:
+        return self.directory / f"{cache_key(split.paths, self.cfg, fingerprint)}.npy"
+
+    def load(self, split: Split, fingerprint: str) -> np.ndarray | None:
+        """The cached features of ``split`` for the backbone with this fingerprint (a hit), or None."""
+        path = self._path(split, fingerprint)
         if path.is_file():
             feats = np.load(path)
             if feats.shape[0] == len(split):
                 self.hits += 1
                 return feats
+        return None
+
+    def get(self, model: keras.Model, split: Split, fingerprint: str | None = None) -> np.ndarray:
+        fingerprint = fingerprint or weights_fingerprint(model)
+        feats = self.load(split, fingerprint)
+        if feats is not None:
+            return feats
+        path = self._path(split, fingerprint)
         self.misses += 1
         log.info("computing frozen-backbone features of %d images (cached in %s for later runs)", len(split),
                  self.directory)
@@ -100,3 +122,67 @@ class FeatureCache:
                     x_val, np.asarray(val.labels, dtype="float32"))
 
         return features
+
+    def head_features(self, info: DatasetInfo, splits: Sequence[str] = ("train", "val", "test")) -> HeadFeatures:
+        """The features of ``splits`` for a run that trains and evaluates the head alone (a head-only trial).
+
+        The backbone is built - seeded with ``train.seed``, as :func:`deepfake.training.train` builds it - only
+        when this process has not fingerprinted it yet or a split's features are not on disk; every later trial
+        of a study reads the fingerprint from memory and the features from disk and builds nothing.
+        """
+        identity = backbone_identity(self.cfg)
+        known = _FINGERPRINTS.get(identity)
+        found: dict[str, np.ndarray | None] = {}
+        if known is not None:
+            found = {name: self.load(info.splits[name], known[0]) for name in splits}
+            if all(a is not None for a in found.values()):
+                log.info("feature cache %s: %d hit(s), backbone not built", self.directory, self.hits)
+                return HeadFeatures(known[0], known[1], found)
+        import keras
+
+        from deepfake.model import build_model
+
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")  # features are the float32 backbone's
+        try:
+            keras.utils.set_random_seed(self.cfg.train.seed)  # as training.set_seeds before it builds a model
+            model, weights_info = build_model(self.cfg, with_info=True)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        fingerprint = weights_fingerprint(model)
+        _FINGERPRINTS[identity] = (fingerprint, weights_info)
+        if known is None or known[0] != fingerprint:
+            found = {}
+        arrays = {name: found[name] if found.get(name) is not None else self.get(model, info.splits[name], fingerprint)
+                  for name in splits}
+        log.info("feature cache %s: %d hit(s), %d miss(es)", self.directory, self.hits, self.misses)
+        return HeadFeatures(fingerprint, weights_info, arrays)
+
+
+@dataclass
+class HeadFeatures:
+    """What a head-only run needs of the backbone: its fingerprint, where its weights came from, and the
+    pooled features of each split (in file order)."""
+
+    fingerprint: str
+    weights_info: WeightsInfo
+    arrays: dict[str, np.ndarray]
+
+
+# The fingerprint and weights source of each backbone this process has built for head_features, so that
+# later trials need not build it again (keyed by everything that decides its initial weights).
+_FINGERPRINTS: dict[tuple, tuple[str, WeightsInfo]] = {}
+
+
+def backbone_identity(cfg: Config) -> tuple:
+    """What decides a freshly built backbone's weights: architecture, weights choice (a weights file by its
+    size and modification time too), pooling, image size and the seed of a random initialisation."""
+    m = cfg.model
+    weights = m.weights.strip()
+    stamp: tuple = ()
+    if weights.lower() not in ("auto", "imagenet", "none"):
+        path = Path(weights).expanduser()
+        if path.is_file():
+            st = path.stat()
+            stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return (m.backbone, weights, stamp, m.pooling, cfg.data.image_size, cfg.train.seed)

@@ -3,7 +3,8 @@
 A saved detector is a folder with ``model.keras`` (the Keras model, preprocessing inside)
 and ``model.meta.json`` (threshold chosen on validation, class names, image size). The
 same :func:`deepfake.images.decode_image` that fed training decodes and resizes here. A folder
-exported by :mod:`deepfake.export` holds ``model.onnx`` instead, run by ONNX Runtime (:class:`OnnxModel`).
+exported by :mod:`deepfake.export` holds ``model.onnx`` (ONNX Runtime) or ``model.xml``/``model.bin``
+(OpenVINO) instead, run by :mod:`deepfake.runtimes`.
 
 Nothing here talks to MLflow: models are read from local folders (:func:`deepfake.tracking.local_model`
 downloads MLflow model URIs first), and ``deepfake/pyfunc_model.py`` serves :class:`Predictor` as a pyfunc.
@@ -29,6 +30,7 @@ import numpy as np
 from deepfake import atomic, backbones
 from deepfake.calibration import apply_temperature
 from deepfake.errors import DeepfakeError, first_line
+from deepfake.runtimes import EXPORTED_FILES, OnnxModel, OpenVinoModel, load_exported
 
 if TYPE_CHECKING:
     import keras
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 
 KERAS_FILE = "model.keras"
 META_FILE = "model.meta.json"
-ONNX_FILE = "model.onnx"
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ModelMeta:
     weights_source: str = "unknown"
     backbone: str = backbones.DEFAULT  # models saved before backbones were a choice are ResNet50
     temperature: float = 1.0  # logit temperature fitted on validation (1.0 = none)
+    format: str = "keras"  # keras, or the export format (deepfake.export.FORMATS)
+    precision: str = "f32"  # the runtime's inference precision for an exported model: f32, bf16 (int8 is in the model)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelMeta:
@@ -73,29 +76,6 @@ def save_detector(model: keras.Model, meta: ModelMeta, out_dir: str | Path) -> P
     atomic.save_model(model, out / KERAS_FILE)
     meta.save(out / META_FILE)
     return out
-
-
-class OnnxModel:
-    """An ONNX Runtime session with the slice of the Keras API that :class:`Predictor` uses."""
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors (Fail, InvalidProtobuf...) are bare Exceptions
-            raise DeepfakeError(f"{path}: not a loadable ONNX model ({first_line(exc, 150)})") from None
-        (image_input,) = self.session.get_inputs()  # a detector has one input: the images
-        self.input_name = image_input.name
-
-    def predict(self, images: np.ndarray, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
-        x = np.asarray(images, dtype="float32")
-        outs = [self.session.run(None, {self.input_name: x[i : i + batch_size]})[0]
-                for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, 1), dtype="float32")
 
 
 PATH_ROOT_ENV = "DEEPFAKE_SERVE_PATH_ROOT"  # the folder a served model may read image paths from
@@ -217,10 +197,16 @@ class Predictor:
     or to one folder when the operator allows it.
     """
 
-    def __init__(self, keras_model: keras.Model | OnnxModel, meta: ModelMeta, paths: PathAccess = True):
+    def __init__(self, keras_model: keras.Model | OnnxModel | OpenVinoModel, meta: ModelMeta,
+                 paths: PathAccess = True):
         self.model = keras_model
         self.meta = meta
         self.paths = paths
+
+    @property
+    def is_exported(self) -> bool:
+        """Runs on ONNX Runtime or OpenVINO (no Keras model to explain, fine-tune or export again)."""
+        return isinstance(self.model, (OnnxModel, OpenVinoModel))
 
     @classmethod
     def from_files(cls, keras_path: str | Path, meta_path: str | Path) -> Predictor:
@@ -230,10 +216,14 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Predictor:
-        """A folder with ``model.keras`` (Keras) or ``model.onnx`` (ONNX Runtime), or a ``.keras`` file."""
+        """A folder with ``model.keras`` (Keras) or an exported model (:mod:`deepfake.runtimes`), or a ``.keras``
+        file."""
         model_dir = Path(model_dir)
-        if model_dir.is_dir() and (model_dir / ONNX_FILE).is_file() and not (model_dir / KERAS_FILE).is_file():
-            return cls(OnnxModel(model_dir / ONNX_FILE), ModelMeta.load(model_dir / META_FILE))
+        if model_dir.is_dir() and not (model_dir / KERAS_FILE).is_file() and (model_dir / META_FILE).is_file():
+            meta = ModelMeta.load(model_dir / META_FILE)
+            exported = load_exported(model_dir, meta.precision)
+            if exported is not None:
+                return cls(exported, meta)
         if model_dir.is_file() and model_dir.suffix == ".keras":
             meta = model_dir.with_name(META_FILE)
             return cls.from_files(model_dir, meta)
@@ -332,8 +322,14 @@ class Predictor:
 
 
 def pyfunc_artifacts(model_dir: str | Path) -> dict[str, str]:
-    """The files of a saved detector under the artifact names ``deepfake/pyfunc_model.py`` loads them by."""
-    return {"keras_model": str(Path(model_dir) / KERAS_FILE), "meta": str(Path(model_dir) / META_FILE)}
+    """The files of a saved detector under the artifact names ``deepfake/pyfunc_model.py`` loads them by:
+    ``keras_model`` and ``meta`` for Keras; for an exported folder, each of its files by its own name
+    (``meta`` is the metadata; the others lie beside it once logged)."""
+    folder = Path(model_dir)
+    if (folder / KERAS_FILE).is_file():
+        return {"keras_model": str(folder / KERAS_FILE), "meta": str(folder / META_FILE)}
+    files = {name.replace(".", "_"): str(folder / name) for name in EXPORTED_FILES if (folder / name).is_file()}
+    return files | {"meta": str(folder / META_FILE)}
 
 
 def example_frames(meta: ModelMeta) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -358,11 +354,14 @@ def _example_png(size: int) -> bytes:
     return buf.getvalue()
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(meta: ModelMeta | None = None) -> list[str]:
+    """The pinned packages a logged detector needs (the export's runtime too, for an exported one)."""
     from importlib import metadata
 
     reqs = []
-    for name in ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow"):
+    runtime = {"onnx": ("onnxruntime",), "openvino": ("openvino",)}.get((meta.format if meta else "keras")
+                                                                       .split("-")[0], ())
+    for name in ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", *runtime):
         try:
             reqs.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:

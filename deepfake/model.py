@@ -172,16 +172,56 @@ def build_backbone(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
 
 
 def build_head(m: ModelConfig, input_dim: int) -> keras.Model:
-    """Dropout and dense layers on pooled backbone features, ending in one sigmoid unit."""
-    inputs = keras.Input((input_dim,), name="features")
+    """Dropout and dense layers on pooled backbone features, ending in one sigmoid unit.
+
+    Every layer is float32 whatever the mixed-precision policy: the head is a few thousand multiply-adds
+    per image, and its ReLUs, sigmoid and loss see the features at full precision (see
+    :func:`keep_float32_islands`).
+    """
+    inputs = keras.Input((input_dim,), name="features", dtype="float32")
     x = inputs
     for i, units in enumerate(m.head_units):
-        x = layers.Dropout(m.dropout, name=f"head_dropout_{i}")(x)
-        x = layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
-    x = layers.Dropout(m.dropout, name="head_dropout_out")(x)
-    # float32 output keeps the sigmoid and the loss stable under mixed precision.
+        x = layers.Dropout(m.dropout, dtype="float32", name=f"head_dropout_{i}")(x)
+        x = layers.Dense(units, activation="relu", dtype="float32", name=f"head_dense_{i}")(x)
+    x = layers.Dropout(m.dropout, dtype="float32", name="head_dropout_out")(x)
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="fake_probability")(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def float32_island_layers(backbone: keras.Model) -> list[str]:
+    """Names of the backbone layers that stay float32 under mixed precision: the stem (every layer up to and
+    including the first convolution, so the in-graph preprocessing of EfficientNetB0 too) and the global
+    pooling that gives the features."""
+    names: list[str] = []
+    for layer in backbone.layers:
+        names.append(layer.name)
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            break
+    pools = (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)
+    return names + [layer.name for layer in backbone.layers if isinstance(layer, pools)]
+
+
+def keep_float32_islands(backbone: keras.Model) -> keras.Model:
+    """``backbone`` with its :func:`float32_island_layers` computing in float32 (rebuilt from its config, same
+    weights); unchanged when they already do, as under the float32 policy.
+
+    Under ``mixed_bfloat16`` a layer computes in bfloat16: 8 significant bits. Fed the preprocessed pixels
+    (ResNet50: about -124..152), the first convolution would see them rounded to steps of up to 1, i.e.
+    pixel-level traces (sensor noise, resampling, JPEG, the NPR residual) cut before anything looks at them;
+    computed in float32 it turns them into activations that bfloat16's relative precision keeps. The pooled
+    features are averaged and handed to the (float32) head in float32. The convolutions in between, nearly
+    all the work, stay bfloat16.
+    """
+    names = set(float32_island_layers(backbone))
+    if all(backbone.get_layer(n).dtype_policy.name == "float32" for n in names):
+        return backbone
+    config = backbone.get_config()
+    for layer in config["layers"]:
+        if layer["config"]["name"] in names:
+            layer["config"]["dtype"] = "float32"
+    rebuilt = backbone.__class__.from_config(config)
+    rebuilt.set_weights(backbone.get_weights())
+    return rebuilt
 
 
 def preprocess_layer(m: ModelConfig) -> Preprocess:
@@ -198,6 +238,7 @@ def build_model(cfg: Config, *, with_info: bool = False) -> keras.Model | tuple[
     size = cfg.data.image_size
     spec = B.get(cfg.model.backbone)
     backbone, info = build_backbone(cfg)
+    backbone = keep_float32_islands(backbone)
     backbone.trainable = False
     head = build_head(cfg.model, spec.feature_dim)
     inputs = keras.Input((size, size, 3), name="image")
@@ -282,14 +323,22 @@ def load_keras_model(path: str | Path, compile: bool = False) -> keras.Model:
         raise DeepfakeError(f"could not load model {path}: {first_line(exc)}") from None
 
 
+def _all_layers(model: keras.Model) -> list[layers.Layer]:
+    """``model`` and every layer in it, those of its sub-models (backbone, head) included."""
+    found: list[layers.Layer] = [model]
+    for layer in model.layers:
+        found += _all_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return found
+
+
 def as_float32(model: keras.Model, cfg: Config) -> keras.Model:
     """A float32 copy of a (possibly mixed-precision) detector, for saving and inference.
 
     Mixed precision speeds up training; inference and export stay in float32 so that every
     runtime gives the same probabilities.
     """
-    if all(w.dtype == "float32" for w in model.weights) and keras.mixed_precision.global_policy().name == "float32":
-        return model
+    if all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
+        return model  # (a mixed-precision model's variables are float32 too: its layers' policies tell)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:

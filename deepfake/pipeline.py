@@ -2,31 +2,59 @@
 
 Used by ``deepfake train`` and by every Optuna trial (which adds a pruning callback and
 runs nested under its study's run).
+
+A head-only trial (frozen backbone, no fine-tuning epochs, feature cache on) costs what its training
+costs: the head is trained, validated and tested on cached backbone features, and its run logs the
+metrics and reports, the head and a reference to the shared backbone (its fingerprint), with no
+figures. Its detector is assembled by :func:`assemble` only where it is needed: the best trial of a
+study, or a run that is registered.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from deepfake import config as C
 from deepfake import data as D
 from deepfake import evaluation, plots, tracking, training
 from deepfake import metrics as MET
 from deepfake import model as M
 from deepfake.calibration import apply_temperature, fit_temperature
 from deepfake.config import Config
-from deepfake.features import FeatureCache
-from deepfake.inference import ModelMeta, example_frames, pip_requirements, pyfunc_artifacts, save_detector
+from deepfake.errors import DeepfakeError
+from deepfake.features import FeatureCache, weights_fingerprint
+from deepfake.inference import (
+    META_FILE,
+    ModelMeta,
+    example_frames,
+    pip_requirements,
+    pyfunc_artifacts,
+    save_detector,
+)
 from deepfake.input_pipeline import make_dataset
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
+
+# A head-only trial's run: the artifact folder with its head and metadata, and the tags that say what it logged.
+HEAD_DIR = "head"
+MODEL_TAG = "model.logged"  # "head": the head and FINGERPRINT_TAG, no detector yet; "full": a detector (model)
+FINGERPRINT_TAG = "backbone.fingerprint"  # the backbone whose cached features the head was trained on
+PREDICTIONS_FILE = "predictions.csv"  # split, path, label, probability: what the figures are drawn from
+HISTORY_FILE = "history.json"
 
 
 @dataclass
@@ -42,6 +70,7 @@ class RunResult:
     dataset: Any = None
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    head_only: bool = False  # a head-only trial: model_uri is None until assemble(run_id)
 
 
 def prepare_dataset(cfg: Config, echo: Callable[[str], None] = print, progress: bool = True) -> D.DatasetInfo:
@@ -90,11 +119,14 @@ def run(
     verbose: int = 2,
     echo: Callable[[str], None] = print,
     on_run_start: Callable[[str], None] | None = None,
+    lean: bool = False,
 ) -> RunResult:
     """Train and evaluate one model as one MLflow run (resumed when ``resume`` finds a checkpoint).
 
     ``on_run_start`` is called with the run id as soon as the run exists (a tuning trial records it, so
-    that the run of a killed trial can be found and ended).
+    that the run of a killed trial can be found and ended). ``lean`` (a tuning trial): when the training is
+    head-only (:func:`head_only`), the run never builds the detector nor touches pixels once the features
+    are cached; it logs the head instead of the model, and no figures (see the module's docstring).
     """
     started = time.time()
     info = dataset or prepare_dataset(cfg, echo, progress=verbose > 0)
@@ -117,6 +149,9 @@ def run(
             cfg.save(out_dir / "config.yaml")
         else:
             tracking.set_tags({"resumed": "true"})
+        if lean and previous is None and head_only(cfg):
+            return _run_head_only(cfg, info, run_id, callbacks=callbacks, verbose=verbose, echo=echo,
+                                  started=started)
         train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
         val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
         class_weight = info.class_weights() if cfg.data.class_weights else None
@@ -181,3 +216,138 @@ def run(
             files=test_eval["files"],
             seconds=time.time() - started,
         )
+
+
+def head_only(cfg: Config) -> bool:
+    """Whether ``cfg`` trains the head alone on cached features: feature cache on, phase-1 epochs, and no
+    fine-tuning epochs (or no stage to fine-tune). The cached features are the float32 backbone's in
+    inference mode (:func:`deepfake.features.compute_features`) and the head is float32, so the head on
+    them gives what the (float32) detector gives on the pixels, whatever the training precision."""
+    t = cfg.train
+    return t.feature_cache and t.epochs > 0 and not (t.fine_tune_epochs > 0 and t.fine_tune_stages > 0)
+
+
+def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: Sequence[keras.callbacks.Callback],
+                   verbose: int, echo: Callable[[str], None], started: float) -> RunResult:
+    """The rest of :func:`run` for a lean head-only run, inside its MLflow run: head training and the
+    val/test predictions on cached features, metrics and reports, the head and the backbone's fingerprint."""
+    out_dir = Path(cfg.train.output_dir)
+    eval_dir = out_dir / "evaluation"
+    ckpt_dir = out_dir / "checkpoints"
+    val, test = info.splits["val"], info.splits["test"]
+    found: dict[str, Any] = {}
+
+    def features() -> tuple:
+        found["features"] = cached = FeatureCache(cfg).head_features(info, ("train", "val", "test"))
+        tracking.log_weights_info(cached.weights_info)
+        return (cached.arrays["train"], np.asarray(info.splits["train"].labels, dtype="float32"),
+                cached.arrays["val"], np.asarray(val.labels, dtype="float32"))
+
+    result = training.train_head(
+        cfg, features, ckpt_dir, class_weight=info.class_weights() if cfg.data.class_weights else None,
+        callbacks=[tracking.EpochLogger(), *callbacks], state_extra={"mlflow_run_id": run_id}, verbose=verbose,
+    )
+    cached, head = found["features"], result.model
+
+    # Temperature and threshold on validation; then the test split at that threshold and at 0.5.
+    raw_val = training.predict_features(head, cached.arrays["val"])
+    temperature = fit_temperature(val.labels, raw_val) if cfg.train.calibrate else 1.0
+    val_probs = apply_temperature(raw_val, temperature)
+    threshold = MET.choose_threshold(val.labels, val_probs, method="youden")
+    test_probs = apply_temperature(training.predict_features(head, cached.arrays["test"]), temperature)
+    names = cfg.data.class_names
+    val_eval = evaluation.evaluate_predictions(val.labels, val_probs, eval_dir, class_names=names,
+                                               threshold=threshold, prefix="val", figures=False)
+    test_eval = evaluation.evaluate_predictions(test.labels, test_probs, eval_dir, class_names=names,
+                                                threshold=threshold, prefix="test", figures=False)
+    with (eval_dir / PREDICTIONS_FILE).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "path", "label", "probability"])
+        for name, split, probs in (("val", val, val_probs), ("test", test, test_probs)):
+            writer.writerows((name, path, int(y), repr(float(p)))
+                             for path, y, p in zip(split.paths, split.labels, probs, strict=True))
+    (eval_dir / HISTORY_FILE).write_text(json.dumps({"history": result.history,
+                                                     "phase_boundary": result.phase_boundary}))
+    meta = ModelMeta(threshold=threshold, class_names=list(names), image_size=cfg.data.image_size,
+                     weights_source=cached.weights_info.source, temperature=temperature, backbone=cfg.model.backbone)
+    meta_path = meta.save(ckpt_dir / META_FILE)
+
+    tracking.log_metrics({"threshold": threshold, "temperature": temperature}
+                         | {f"val_final_{k}": v for k, v in val_eval["metrics"].items()}
+                         | {f"test_{k}": v for k, v in test_eval["metrics"].items()}
+                         | {f"test_at_0.5_{k}": v for k, v in test_eval["metrics_at_0.5"].items()})
+    tracking.log_artifacts([eval_dir], "evaluation")
+    tracking.log_artifacts([result.best_path, meta_path], HEAD_DIR)
+    tracking.set_tags({f"runtime.{k}": v for k, v in result.runtime.items()}
+                      | {MODEL_TAG: "head", FINGERPRINT_TAG: cached.fingerprint})
+    echo(MET.format_metrics_table(test_eval["metrics"],
+                                  title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+    return RunResult(
+        run_id=run_id, model_dir=ckpt_dir, model_uri=None, threshold=threshold, test_metrics=test_eval["metrics"],
+        val_metrics=val_eval["metrics"], history=result.history, out_dir=out_dir, dataset=info,
+        files=test_eval["files"], seconds=time.time() - started, head_only=True,
+    )
+
+
+def assemble(run_id: str, *, echo: Callable[[str], None] = print) -> str:
+    """The model URI of the detector that run ``run_id`` trained: its logged model, assembled first when the
+    run is a head-only trial's (which logged its head and the backbone's fingerprint instead).
+
+    The backbone is rebuilt from the run's configuration (seeded as in training) and must have the
+    fingerprint of the one whose cached features the head was trained on; the head's weights go on it, and
+    the detector is logged to the run as its model, with the figures the trial skipped (from its logged
+    predictions and history). Once per run: afterwards the run counts as one that logged its model.
+    """
+    import keras
+
+    tags = tracking.run_info(run_id)["tags"]
+    if tags.get(MODEL_TAG) != "head":
+        return tracking.run_model_uri(run_id)
+    head_dir = tracking.download_run_artifacts(run_id, HEAD_DIR)
+    logged_eval = tracking.download_run_artifacts(run_id, "evaluation")
+    cfg = C.from_dict(C.load_yaml(tracking.download_run_artifacts(run_id, "config.yaml")))
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        training.set_seeds(cfg.train.seed)
+        model = M.build_model(cfg)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    fingerprint = weights_fingerprint(model)
+    if fingerprint != tags.get(FINGERPRINT_TAG):
+        raise DeepfakeError(
+            f"run {run_id}: cannot assemble its detector: the {cfg.model.backbone} backbone built from its "
+            f"configuration (weights {cfg.model.weights}) is not the one its head was trained on (fingerprint "
+            f"{fingerprint}, the run's is {tags.get(FINGERPRINT_TAG)}); build it where the trial ran, with the same "
+            "weights available")
+    M.head_of(model).set_weights(M.load_keras_model(head_dir / training.HEAD_FILE).get_weights())
+    meta = ModelMeta.load(head_dir / META_FILE)
+    work = Path(tempfile.mkdtemp(prefix="deepfake-assemble-"))
+    try:
+        model_dir = save_detector(model, meta, work / "model")
+        figures = _figures(logged_eval, work / "evaluation", meta)
+        with tracking.reopened_run(run_id):
+            model_uri = tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements())
+            tracking.log_artifacts(figures, "evaluation")
+            tracking.set_tags({MODEL_TAG: "full"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    echo(f"Assembled the detector of head-only run {run_id}: {model_uri}")
+    return model_uri
+
+
+def _figures(logged_eval: Path, out_dir: Path, meta: ModelMeta) -> list[Path]:
+    """The figures of a head-only run, from its logged predictions and history."""
+    rows: dict[str, tuple[list[int], list[float]]] = {}
+    with (logged_eval / PREDICTIONS_FILE).open(newline="") as f:
+        for row in csv.DictReader(f):
+            labels, probs = rows.setdefault(row["split"], ([], []))
+            labels.append(int(row["label"]))
+            probs.append(float(row["probability"]))
+    figures = []
+    for name, (labels, probs) in rows.items():
+        figures += evaluation.draw_figures(labels, probs, out_dir, class_names=meta.class_names,
+                                           threshold=meta.threshold, prefix=name)
+    logged = json.loads((logged_eval / HISTORY_FILE).read_text())
+    figures.append(plots.plot_history(logged["history"], out_dir / "training_curves.png", logged["phase_boundary"]))
+    return figures

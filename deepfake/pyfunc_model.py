@@ -15,6 +15,7 @@ resizing are the training pipeline's own (:func:`deepfake.images.decode_image`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlflow
 from mlflow.pyfunc import PythonModel, PythonModelContext
@@ -27,7 +28,8 @@ SERVING_FLAG_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
 
 class DeepfakePyfunc(PythonModel):
-    """A :class:`~deepfake.inference.Predictor` loaded from the model's artifacts (``keras_model``, ``meta``).
+    """A :class:`~deepfake.inference.Predictor` loaded from the model's artifacts (``keras_model`` and ``meta``, or
+    an exported model's files beside its ``meta``: :func:`deepfake.inference.pyfunc_artifacts`).
 
     File paths are read in one's own process (``mlflow.pyfunc.load_model``), never for a client of
     a served model: in a process started by ``mlflow models serve`` (MLflow's scoring server, which
@@ -41,7 +43,11 @@ class DeepfakePyfunc(PythonModel):
         config = getattr(context, "model_config", None) or {}
         served = bool(os.environ.get(SCORING_SERVER_ENV) or os.environ.get(SERVING_FLAG_ENV))
         allow = config.get("allow_paths")  # None, as logged: paths in one's own process, none when served
-        self.predictor = Predictor.from_files(context.artifacts["keras_model"], context.artifacts["meta"])
+        artifacts = context.artifacts
+        if "keras_model" in artifacts:
+            self.predictor = Predictor.from_files(artifacts["keras_model"], artifacts["meta"])
+        else:  # an exported model (deepfake export --register): its files lie beside its metadata
+            self.predictor = Predictor.from_dir(Path(artifacts["meta"]).parent)
         self.predictor.paths = path_access(allow_paths=(not served) if allow is None else allow is True,
                                            root=config.get("path_root") or os.environ.get(PATH_ROOT_ENV))
 

@@ -47,8 +47,14 @@ def register_run(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Register the model that run ``run_id`` logged (``model_uri``, by default ``runs:/<run_id>/model``)
-    with the run's test and final validation metrics as version tags; promote it if it wins."""
-    metrics = tracking.run_info(run_id)["metrics"]
+    with the run's test and final validation metrics as version tags; promote it if it wins. A head-only
+    trial's run, which logged its head only, gets its detector assembled first."""
+    from deepfake import pipeline
+
+    run = tracking.run_info(run_id)
+    metrics = run["metrics"]
+    if model_uri is None and run["tags"].get(pipeline.MODEL_TAG) == "head":
+        model_uri = pipeline.assemble(run_id, echo=echo)
     version_tags = {k: round(v, 6) for k, v in metrics.items() if k.startswith(RUN_METRICS_AS_TAGS)}
     version_tags |= (tags or {}) | {"source_run_id": run_id}
     return register_and_promote(model_uri or tracking.run_model_uri(run_id), cfg, info, version_tags=version_tags,
@@ -142,3 +148,24 @@ def promote(name: str, version: str, info: D.DatasetInfo, *, out_dir: str | Path
     verdict = "promoted to @champion" if promoted else "not promoted; champion stays"
     echo(f"{name} v{version}: {verdict} ({reason})")
     return record
+
+
+def register_export(folder: str | Path, name: str, source_ref: str, check: dict[str, Any]) -> tuple[str, str | None]:
+    """Log an exported detector (:mod:`deepfake.export`) as a pyfunc in a run of its own and register it as a
+    version of ``name`` beside the Keras ones, tagged ``format`` and ``exported_from``; an export of
+    ``models:/NAME@ALIAS`` gets the alias ``ALIAS-FORMAT`` (say ``champion-openvino-int8``). Never moves
+    ``@champion``. Returns ``(version, alias or None)``."""
+    from deepfake.inference import META_FILE, ModelMeta, example_frames, pip_requirements, pyfunc_artifacts
+
+    meta = ModelMeta.load(Path(folder) / META_FILE)
+    figures = {f"export.{k}": v for k, v in check.items() if isinstance(v, (int, float)) and v is not None}
+    with tracking.start_run(f"export-{meta.format}", tags={"export.format": meta.format,
+                                                           "export.source": source_ref}):
+        tracking.log_metrics(figures)
+        model_uri = tracking.log_model(pyfunc_artifacts(folder), *example_frames(meta), pip_requirements(meta))
+    version = tracking.register_model(model_uri, name, tags={"format": meta.format, "exported_from": source_ref})
+    alias = None
+    if source_ref.startswith(f"models:/{name}@"):
+        alias = f"{source_ref.split('@', 1)[1]}-{meta.format}"
+        tracking.set_alias(name, version, alias)
+    return version, alias

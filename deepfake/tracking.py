@@ -242,6 +242,29 @@ def start_run(
             mlflow.end_run(status=status)
 
 
+@contextlib.contextmanager
+def reopened_run(run_id: str) -> Iterator[Any]:
+    """An ended run made active again to add to it (say, the detector of a head-only trial, assembled later),
+    then ended with the status it had. A failure on the way leaves its status and tags as they were.
+
+    The run may belong to another experiment than the active one (``deepfake register`` names none), which
+    MLflow refuses to resume a run of: the active experiment is set aside meanwhile.
+    """
+    from mlflow.tracking import fluent
+
+    status = mlflow.get_run(run_id).info.status
+    active = getattr(fluent, "_active_experiment_id", None)
+    fluent._active_experiment_id = None
+    try:
+        run = mlflow.start_run(run_id=run_id)
+        try:
+            yield run
+        finally:
+            mlflow.end_run(status=status)
+    finally:
+        fluent._active_experiment_id = active
+
+
 def create_run(run_name: str, tags: dict[str, str] | None = None) -> str:
     """Create a run without making it active (e.g. a study's parent run); return its id."""
     project_run = claim_project_run()
@@ -430,11 +453,10 @@ class EpochLogger(keras.callbacks.Callback):
         self.phase = phase
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if logs:
-            log_metrics(logs, step=epoch)
+        if logs:  # one call per epoch: a head-only epoch on cached features takes less than a store round trip
             lr = getattr(self.model.optimizer, "learning_rate", None)
-            if lr is not None:
-                log_metrics({"learning_rate": float(keras.ops.convert_to_numpy(lr))}, step=epoch)
+            extra = {} if lr is None else {"learning_rate": float(keras.ops.convert_to_numpy(lr))}
+            log_metrics({**logs, **extra}, step=epoch)
 
 
 # --------------------------------------------------------------------------- models

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 BEST_FILE = "best.keras"
 LAST_FILE = "last.keras"
+HEAD_FILE = "head.keras"  # the trained head of a head-only run (train_head)
 RESUME_HINT = "the previous checkpoints there are intact: free space, then run again (deepfake train: with --resume)"
 
 
@@ -48,26 +49,148 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def configure_runtime(cfg: Config) -> dict[str, Any]:
-    """Apply the numeric precision and XLA choices; return what was used (for logging).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
+TENSOR_CORES = (7, 0)  # the first NVIDIA compute capability with tensor cores (Volta)
+POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# Backbones that train faster in mixed bfloat16 than in float32 on a CPU with bfloat16 arithmetic: ResNet50
+# (1.2-1.9x, benchmarks/results/training_throughput.md). EfficientNets are not among them: TensorFlow's CPU
+# kernels run their depthwise convolutions in bfloat16 at 0.63x the float32 speed
+# (benchmarks/results/training_throughput_efficientnet_lite1.md).
+CPU_BFLOAT16_BACKBONES = ("resnet50",)
 
-    ``auto`` picks the fastest choice that stayed correct in ``benchmarks/bench_training.py``:
-    float32 on CPUs, mixed float16 on GPUs; XLA only on GPUs (2-5x slower on CPU there).
-    Mixed bfloat16 (``--set train.mixed_precision=bfloat16``) trains 1.5-1.6x faster on CPUs
-    with AVX512_BF16/AMX, but in the same demo run it reached test ROC-AUC 0.83 instead of 1.00,
-    so it is opt-in.
+
+@dataclass(frozen=True)
+class Device:
+    """A device training can run on: ``kind`` "gpu" or "cpu", its name (GPU or CPU model), a GPU's CUDA
+    compute capability and a CPU's bfloat16 flags (:data:`BF16_CPU_FLAGS` found in /proc/cpuinfo)."""
+
+    kind: str
+    name: str
+    compute_capability: tuple[int, int] | None = None
+    flags: frozenset[str] = frozenset()
+
+
+def parse_cpuinfo(text: str) -> Device:
+    """The CPU described by the text of /proc/cpuinfo (its first processor's model name and flags)."""
+    name, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not name:
+            name = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split()) & frozenset(BF16_CPU_FLAGS)
+    return Device("cpu", name or "unknown CPU", flags=flags)
+
+
+def choose_precision(devices: Sequence[Device], backbone: str = "resnet50") -> tuple[str, str]:
+    """``(Keras dtype policy, reason)`` that ``train.mixed_precision=auto`` picks for the devices training
+    would use (TensorFlow trains on its GPUs when it sees any, else on the CPU) and the backbone.
+
+    * GPUs whose compute capability is at least 7.0 (tensor cores): ``mixed_float16``;
+    * older GPUs: ``float32`` (float16 brings them no speed);
+    * a CPU with bfloat16 arithmetic (AVX512_BF16 or AMX) and a backbone of :data:`CPU_BFLOAT16_BACKBONES`:
+      ``mixed_bfloat16``, which trained ResNet50 faster than float32 on an AVX512_BF16 CPU and reached at least
+      float32's test ROC-AUC on three seeds of the demo (benchmarks/results/precision.md), the stem, the pooled
+      features and the head kept float32 (:func:`deepfake.model.keep_float32_islands`);
+    * any other CPU or backbone: ``float32``.
     """
+    gpus = [d for d in devices if d.kind == "gpu"]
+    if gpus:
+        names = ", ".join(sorted({d.name for d in gpus}))
+        ccs = [d.compute_capability for d in gpus]
+        if all(cc is not None and cc >= TENSOR_CORES for cc in ccs):
+            return "mixed_float16", f"GPU with tensor cores (compute capability >= 7.0): {names}"
+        shown = ", ".join(_capability(cc) for cc in ccs)
+        return "float32", f"GPU without tensor cores (compute capability {shown} < 7.0): {names}"
+    cpus = [d for d in devices if d.kind == "cpu"] or [Device("cpu", "unknown CPU")]
+    flags = sorted(set().union(*(d.flags for d in cpus)) & set(BF16_CPU_FLAGS))
+    if not flags:
+        return "float32", f"CPU without bfloat16 arithmetic (no {' or '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo)"
+    if backbone not in CPU_BFLOAT16_BACKBONES:
+        return "float32", (f"CPU with bfloat16 arithmetic ({', '.join(flags)}), but {backbone} trains slower in "
+                           "bfloat16 on a CPU (depthwise convolutions)")
+    return "mixed_bfloat16", f"CPU with bfloat16 arithmetic ({', '.join(flags)}), {backbone} trains faster in it"
+
+
+def tensorflow_clash(installed: Sequence[str]) -> str | None:
+    """A warning when both TensorFlow builds are installed (say, ``deepfake[gpu]`` added to an install that had
+    ``tensorflow-cpu``): they write the same ``tensorflow`` module, so which one runs is an accident."""
+    if {"tensorflow", "tensorflow-cpu"} <= set(installed):
+        return ("both tensorflow and tensorflow-cpu are installed and overwrite each other's files: "
+                "pip uninstall -y tensorflow tensorflow-cpu, then pip install 'deepfake[gpu]' (NVIDIA GPU) "
+                "or 'deepfake[cpu]'")
+    return None
+
+
+def _installed(names: Sequence[str]) -> list[str]:
+    from importlib import metadata
+
+    found = []
+    for name in names:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def _capability(cc: tuple[int, int] | None) -> str:
+    return "unknown" if cc is None else f"{cc[0]}.{cc[1]}"
+
+
+def local_devices() -> list[Device]:
+    """The GPUs TensorFlow sees (name and compute capability), else this machine's CPU."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    devices = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            details = tf.config.experimental.get_device_details(gpu)
+        except (ValueError, RuntimeError):  # pragma: no cover - a GPU TensorFlow cannot describe
+            details = {}
+        cc = details.get("compute_capability")
+        devices.append(Device("gpu", details.get("device_name") or gpu.name, tuple(cc) if cc else None))
+    if devices:
+        return devices
+    try:
+        return [parse_cpuinfo(Path("/proc/cpuinfo").read_text())]
+    except OSError:  # not Linux
+        import platform
+
+        return [Device("cpu", platform.processor() or platform.machine() or "unknown CPU")]
+
+
+def configure_runtime(cfg: Config, devices: Sequence[Device] | None = None) -> dict[str, Any]:
+    """Apply the numeric precision and XLA choices for ``devices`` (default: :func:`local_devices`); return
+    what was used and why, logged as run tags ``runtime.*``.
+
+    ``train.mixed_precision=auto`` is :func:`choose_precision`; ``off``, ``bfloat16`` and ``float16`` force
+    a policy. XLA only on GPUs (2-5x slower on CPU in ``benchmarks/bench_training.py``).
+    """
+    devices = list(local_devices() if devices is None else devices)
+    gpu = any(d.kind == "gpu" for d in devices)
     precision = cfg.train.mixed_precision
     if precision == "auto":
-        precision = "float16" if gpus else "off"
-    policy = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
+        policy, reason = choose_precision(devices, cfg.model.backbone)
+    else:
+        policy, reason = POLICIES[precision], f"train.mixed_precision={precision}"
     keras.mixed_precision.set_global_policy(policy)
     jit = cfg.train.jit_compile
-    jit_compile = bool(gpus) if jit == "auto" else jit == "on"
-    return {"device": "gpu" if gpus else "cpu", "precision_policy": policy, "jit_compile": jit_compile}
+    jit_compile = gpu if jit == "auto" else jit == "on"
+    used = [d for d in devices if d.kind == ("gpu" if gpu else "cpu")] or devices
+    runtime = {"device": "gpu" if gpu else "cpu", "device_name": "; ".join(d.name for d in used),
+               "precision_policy": policy, "precision_reason": reason, "jit_compile": jit_compile}
+    if gpu:
+        runtime["compute_capability"] = ", ".join(_capability(d.compute_capability) for d in used)
+    else:
+        runtime["cpu_flags"] = ",".join(sorted(set().union(*(d.flags for d in used)))) or "none"
+    log.info("training on %s (%s); precision %s: %s", runtime["device"], runtime["device_name"], policy, reason)
+    clash = tensorflow_clash(_installed(["tensorflow", "tensorflow-cpu"]))
+    if clash:
+        log.warning(clash)
+    return runtime
 
 
 def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
@@ -296,6 +419,58 @@ def train(
                        runtime, resumed_from)
 
 
+def train_head(
+    cfg: Config,
+    features: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    checkpoint_dir: str | Path,
+    *,
+    class_weight: dict[int, float] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    state_extra: dict[str, Any] | None = None,
+    verbose: int = 2,
+) -> TrainResult:
+    """Phase 1 alone, on cached features, without the backbone: the training of a head-only tuning trial.
+
+    ``features() -> (x_train, y_train, x_val, y_val)`` is called once the runtime is configured. The head is
+    built, compiled and fitted with the same callbacks (per-epoch logs, early stopping, pruning) as phase 1
+    of :func:`train`; the returned ``model`` is the head with its best weights, saved once at the end as
+    ``head.keras`` (``best_path``) beside ``state.json`` (the history). No detector checkpoint is written: a
+    trial is never resumed, and its detector is assembled from the head and the shared backbone when it is
+    needed (:func:`deepfake.pipeline.assemble`).
+    """
+    set_seeds(cfg.train.seed)
+    runtime = configure_runtime(cfg)
+    ckpt_dir = Path(checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(ckpt_dir)
+    for name in (STATE_FILE, LAST_FILE, BEST_FILE, HEAD_FILE):
+        (ckpt_dir / name).unlink(missing_ok=True)
+    x_train, y_train, x_val, y_val = features()
+    set_seeds(cfg.train.seed)  # the head starts the same whether or not features() built the backbone
+    head = M.build_head(cfg.model, int(x_train.shape[1]))
+    state: dict[str, Any] = {"phase": 1, "epochs_done": 0, "history": {}, "best": None, "finished": False,
+                             "head_only": True, **(state_extra or {})}
+    compile_model(head, cfg.train.learning_rate, runtime["jit_compile"])
+    head.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        batch_size=cfg.data.batch_size,
+        epochs=cfg.train.epochs,
+        class_weight=class_weight,
+        shuffle=True,
+        callbacks=_phase_callbacks(cfg, ckpt_dir, 1, state, callbacks, defer_saves=True),
+        verbose=verbose,
+    )
+    trained = keras.models.clone_model(head)  # uncompiled: saved without its optimizer state (3x the weights)
+    trained.set_weights(head.get_weights())
+    save_checkpoint(trained, ckpt_dir / HEAD_FILE)
+    done = len(state["history"].get("loss", []))
+    state.update(phase=2, epochs_done=done, phase_boundary=done, finished=True)
+    write_state(ckpt_dir, state)
+    return TrainResult(head, state["history"], done, ckpt_dir / HEAD_FILE, ckpt_dir, None, runtime)
+
+
 def _resume_point(ckpt_dir: Path, state: dict[str, Any], monitor: str) -> tuple[keras.Model, dict[str, Any]]:
     """The model to continue from and its matching state.
 
@@ -377,3 +552,11 @@ def _restore_best(model: keras.Model, ckpt_dir: Path) -> None:
 def predict_probabilities(model: keras.Model, dataset: tf.data.Dataset, verbose: int = 0) -> np.ndarray:
     """Fake probabilities for every image of a (non-shuffled) dataset, as a 1-D float array."""
     return np.asarray(model.predict(dataset, verbose=verbose), dtype="float64").reshape(-1)
+
+
+def predict_features(head: keras.Model, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Fake probabilities of the head on pooled backbone features, as a 1-D float array: on features of the
+    float32 backbone in inference mode (what the feature cache holds), the detector's own on those images."""
+    chunks = [keras.ops.convert_to_numpy(head(features[i : i + batch_size], training=False))
+              for i in range(0, len(features), batch_size)]
+    return np.concatenate(chunks).astype("float64").reshape(-1) if chunks else np.zeros((0,))

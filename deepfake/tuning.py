@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import gc
 import hashlib
 import logging
 import math
@@ -44,6 +43,7 @@ DISTRIBUTION_KEYS = {"type", "low", "high", "log", "step", "choices"}
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 BASELINE_ATTR = "baseline"  # trial user attribute: the trial enqueued with the configuration's own values
 RUN_ATTR = "mlflow_run_id"  # trial user attribute: the trial's MLflow run, recorded as soon as the run starts
+HEAD_ONLY_ATTR = "head_only"  # trial user attribute: its run logged the head; the detector is assembled when needed
 FAILURE_ATTR = "failure"  # trial user attribute: why the trial failed, for its MLflow run
 
 
@@ -535,8 +535,7 @@ def tune(
 
         def objective(trial: optuna.Trial) -> float:
             current["trial"] = trial.number
-            keras.backend.clear_session()
-            gc.collect()
+            keras.backend.clear_session()  # and one garbage collection (a full one takes seconds with TF loaded)
             params = space.suggest(trial)
             values = C.merge(cfg.to_dict(), C.nest(params))
             values["train"]["output_dir"] = str(out_root / f"trial_{trial.number:04d}")
@@ -564,6 +563,7 @@ def tune(
                     verbose=0,
                     echo=lambda s: None,
                     on_run_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id),
+                    lean=True,
                 )
             except Exception as exc:
                 what = None if isinstance(exc, StorageUnreachable) else tracking.unreachable(exc)
@@ -574,6 +574,8 @@ def tune(
                 raise TrackingUnreachable(what) from None
             trial.set_user_attr(RUN_ATTR, result.run_id)
             trial.set_user_attr("model_uri", result.model_uri)
+            if result.head_only and trial_cfg.tracking.log_model:  # its detector is assembled if it is the best
+                trial.set_user_attr(HEAD_ONLY_ATTR, True)
             trial.set_user_attr("test_roc_auc", result.test_metrics["roc_auc"])
             value = float(result.val_metrics[result_key])
             if math.isnan(value):
@@ -594,7 +596,7 @@ def tune(
                 # after each trial is told: an outage from here on is not that trial's
                 callbacks=[MaxTrialsCallback(n_trials, states=finished),
                            lambda study, trial: current.pop("trial", None)],
-                gc_after_trial=True,
+                gc_after_trial=False,  # the next trial's clear_session collects
                 catch=(),
             )
         _settle(study, rdb, heartbeat_interval, grace_period, echo)
@@ -736,10 +738,14 @@ def _close_failed_runs(study: optuna.Study, parent: str) -> None:
 
 
 def summarize(study: optuna.Study, parent: str, started: float, echo: Callable[[str], None] = print) -> StudyResult:
-    """Log best params/value, all trials as CSV and Optuna's plots to the parent run."""
+    """Log best params/value, all trials as CSV and Optuna's plots to the parent run. The best trial's
+    detector is assembled when it was a head-only trial (:func:`deepfake.pipeline.assemble`, once per study)."""
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     best = study.best_trial if count[TrialState.COMPLETE] else None
+    best_model_uri = best.user_attrs.get("model_uri") if best else None
+    if best is not None and best_model_uri is None and best.user_attrs.get(HEAD_ONLY_ATTR):
+        best_model_uri = pipeline.assemble(best.user_attrs[RUN_ATTR], echo=echo)
     with tracking.start_run(run_id=parent):
         tracking.log_table_csv(study.trials_dataframe(), "study/trials.csv")
         tracking.log_metrics({"n_complete": count[TrialState.COMPLETE], "n_pruned": count[TrialState.PRUNED],
@@ -755,7 +761,7 @@ def summarize(study: optuna.Study, parent: str, started: float, echo: Callable[[
         study_name=study.study_name, parent_run_id=parent,
         best_trial=best.number if best else None, best_value=best.value if best else None,
         best_params=dict(best.params) if best else {},
-        best_model_uri=best.user_attrs.get("model_uri") if best else None,
+        best_model_uri=best_model_uri,
         best_run_id=best.user_attrs.get(RUN_ATTR) if best else None,
         n_complete=count[TrialState.COMPLETE], n_pruned=count[TrialState.PRUNED], n_failed=count[TrialState.FAIL],
         seconds=time.time() - started,

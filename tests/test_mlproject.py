@@ -77,7 +77,8 @@ def test_python_env_has_the_same_dependencies_as_pyproject():
     assert "conda_env" not in mlproject() and not (REPO / "conda.yaml").exists()
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     env = yaml.safe_load((REPO / "python_env.yaml").read_text())
-    assert env["dependencies"] == [*pyproject["project"]["dependencies"], "."]  # then the project itself
+    # then the project itself, with TensorFlow for the CPU (the extra `cpu`; `gpu` is the other build)
+    assert env["dependencies"] == [*pyproject["project"]["dependencies"], ".[cpu]"]
     assert set(env["build_dependencies"]) == {"pip", *pyproject["build-system"]["requires"]}
     assert SpecifierSet(pyproject["project"]["requires-python"]).contains(env["python"])
 

@@ -46,8 +46,13 @@ OPTION_TO_CONFIG = {
 }
 
 
+TENSORFLOW_MISSING = ("TensorFlow is not installed: pip install 'deepfake[cpu]' (or 'deepfake[gpu]' on Linux with an "
+                      "NVIDIA GPU)")
+
+
 class DeepfakeGroup(click.Group):
-    """A click group that turns user errors into one line and exit code 2."""
+    """A click group that turns user errors into one line and exit code 2 (TensorFlow missing, which happens
+    when neither of the extras ``cpu`` and ``gpu`` was installed, too)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,6 +60,11 @@ class DeepfakeGroup(click.Group):
         except DeepfakeError as exc:
             click.secho(f"Error: {exc}", err=True, fg="red")
             sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "tensorflow":
+                raise
+            click.secho(f"Error: {TENSORFLOW_MISSING}", err=True, fg="red")
+            sys.exit(DeepfakeError.exit_code)
         except KeyboardInterrupt:
             click.secho("Interrupted; checkpoints and finished runs are kept (use --resume).", err=True)
             sys.exit(130)

@@ -21,6 +21,9 @@ def explain(image: str, model_ref: str, out_path: str | None, tracking_uri: str 
     from deepfake.explain import grad_cam, save_explanation
 
     predictor = load_detector(model_ref, tracking_uri)
+    if predictor.is_exported:
+        raise DeepfakeError(f"--model {model_ref}: an exported ({predictor.meta.format}) model has no gradients to "
+                            "explain; give the Keras model it was exported from")
     try:
         pixels = predictor.decode(image)
     except (ValueError, OSError) as exc:
