@@ -29,6 +29,9 @@ import numpy as np
 from common import DEFAULT_DATA, RESULTS, cpu_flags, gmacs, write
 
 RUNTIMES = ("keras", "onnx", "openvino", "openvino-bf16", "openvino-int8")
+# Multiply-accumulates per cycle of the units each runtime's convolutions use, relative to FP32 FMA: AVX512_BF16's
+# dot product does 2 bf16 pairs per 32-bit lane, AVX512_VNNI's 4 int8 pairs (AMX, on Intel Xeons, far more).
+UNIT_FACTOR = {"keras": 1, "onnx": 1, "openvino": 1, "openvino-bf16": 2, "openvino-int8": 4}
 
 
 def timed(fn, repeats: int) -> float:
@@ -98,6 +101,8 @@ def main() -> None:
             "b1 ms": round(b1[name] * 1000, 1), "vs keras b1": round(b1["keras"] / b1[name], 2),
             "GMAC/s (b32)": round(ips * work_per_image, 1),
             "% FP32 peak": round(100 * ips * work_per_image / peak, 1) if peak else "-",
+            "% of its unit's peak": (round(100 * ips * work_per_image / (peak * UNIT_FACTOR[name]), 1)
+                                     if peak else "-"),
             "test ROC-AUC": round(float(roc_auc_score(test.labels, probs[name])), 4),
             "same decisions as keras": round(float(np.mean((probs[name] >= threshold)
                                                            == (probs["keras"] >= threshold))), 4),
@@ -108,8 +113,9 @@ def main() -> None:
         f"epochs on {args.data} with a random backbone (ImageNet weights for ResNet50 cannot be downloaded "
         f"offline); {len(test)} test images. Batch 32 and batch 1 on random pixels, best of {args.repeats} "
         "after warm-up, the runtimes interleaved in two rounds. '% FP32 peak' is the achieved multiply-"
-        f"accumulate rate over the FP32 matmul peak of results/peak.json ({peak} GMAC/s); the bf16 and int8 "
-        "units of this CPU have about 2x and 4x that peak per cycle (AVX512_BF16, AVX512_VNNI; AMX more). "
+        f"accumulate rate over the FP32 matmul peak of results/peak.json ({peak} GMAC/s); '% of its unit's peak' "
+        "divides by 2x that for bf16 (AVX512_BF16) and 4x for int8 (AVX512_VNNI), their multiply-accumulates per "
+        "cycle relative to FP32 (an estimate: AMX, on Intel Xeons, has far more). "
         f"CPU flags: {' '.join(cpu_flags())}. Int8 is calibrated on {min(300, len(info.splits['val']))} "
         "validation images. Timings on a shared 2-core VM move by 10-20 %; the ratios are what matter."),
         extra={"checks": checks, "gmacs_per_image": work_per_image})
