@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from deepfake import atomic
+from deepfake import backbones as B
 from deepfake import model as M
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
@@ -52,11 +53,6 @@ def set_seeds(seed: int) -> None:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
 TENSOR_CORES = (7, 0)  # the first NVIDIA compute capability with tensor cores (Volta)
 POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-# Backbones that train faster in mixed bfloat16 than in float32 on a CPU with bfloat16 arithmetic: ResNet50
-# (1.2-1.9x, benchmarks/results/training_throughput.md). EfficientNets are not among them: TensorFlow's CPU
-# kernels run their depthwise convolutions in bfloat16 at 0.63x the float32 speed
-# (benchmarks/results/training_throughput_efficientnet_lite1.md).
-CPU_BFLOAT16_BACKBONES = ("resnet50",)
 
 
 @dataclass(frozen=True)
@@ -83,13 +79,14 @@ def parse_cpuinfo(text: str) -> Device:
     return Device("cpu", name or "unknown CPU", flags=flags)
 
 
-def choose_precision(devices: Sequence[Device], backbone: str = "resnet50") -> tuple[str, str]:
+def choose_precision(devices: Sequence[Device], backbone: str = B.DEFAULT) -> tuple[str, str]:
     """``(Keras dtype policy, reason)`` that ``train.mixed_precision=auto`` picks for the devices training
     would use (TensorFlow trains on its GPUs when it sees any, else on the CPU) and the backbone.
 
     * GPUs whose compute capability is at least 7.0 (tensor cores): ``mixed_float16``;
     * older GPUs: ``float32`` (float16 brings them no speed);
-    * a CPU with bfloat16 arithmetic (AVX512_BF16 or AMX) and a backbone of :data:`CPU_BFLOAT16_BACKBONES`:
+    * a CPU with bfloat16 arithmetic (AVX512_BF16 or AMX) and a backbone that trains faster in it there
+      (:attr:`deepfake.backbones.Backbone.cpu_bfloat16`):
       ``mixed_bfloat16``, which trained ResNet50 faster than float32 on an AVX512_BF16 CPU and reached at least
       float32's test ROC-AUC on three seeds of the demo (benchmarks/results/precision.md), the stem, the pooled
       features and the head kept float32 (:func:`deepfake.model.keep_float32_islands`);
@@ -107,7 +104,7 @@ def choose_precision(devices: Sequence[Device], backbone: str = "resnet50") -> t
     flags = sorted(set().union(*(d.flags for d in cpus)) & set(BF16_CPU_FLAGS))
     if not flags:
         return "float32", f"CPU without bfloat16 arithmetic (no {' or '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo)"
-    if backbone not in CPU_BFLOAT16_BACKBONES:
+    if not B.get(backbone).cpu_bfloat16:
         return "float32", (f"CPU with bfloat16 arithmetic ({', '.join(flags)}), but {backbone} trains slower in "
                            "bfloat16 on a CPU (depthwise convolutions)")
     return "mixed_bfloat16", f"CPU with bfloat16 arithmetic ({', '.join(flags)}), {backbone} trains faster in it"

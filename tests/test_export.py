@@ -40,7 +40,10 @@ def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset):
 @pytest.fixture(scope="module")
 def keras_detector(tmp_path_factory):
     """A tiny untrained ResNet50 detector (32 px) with a threshold and temperature of its own."""
+    import keras
+
     folder = tmp_path_factory.mktemp("keras")
+    keras.utils.set_random_seed(0)  # the same untrained detector every run: its int8 check passes or fails alike
     cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]"])
     save_detector(M.build_model(cfg), ModelMeta(threshold=0.4, image_size=32, temperature=1.5), folder)
     return folder
@@ -65,7 +68,7 @@ def test_openvino_exports_agree_with_keras_and_serve_predict(exported, keras_det
     folder, info = exported[fmt]
     assert sorted(p.name for p in folder.iterdir()) == ["model.bin", "model.meta.json", "model.xml"]
     assert info["max_abs_diff"] <= MAX_ABS_DIFF[fmt] and info["roc_auc_keras"] is not None
-    assert abs(info["roc_auc_keras"] - info["roc_auc_export"]) <= MAX_AUC_DROP
+    assert info["roc_auc_keras"] - info["roc_auc_export"] <= MAX_AUC_DROP  # the rule the export applies
     keras_predictor, predictor = Predictor.from_dir(keras_detector), Predictor.from_dir(folder)
     assert isinstance(predictor.model, OpenVinoModel) and predictor.meta.format == fmt
     assert predictor.meta.threshold == 0.4 and predictor.meta.temperature == 1.5  # the detector's own, kept

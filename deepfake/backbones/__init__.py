@@ -39,6 +39,11 @@ class Backbone:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     bgr: bool = False
     weights_hint: str = ""  # how to get ImageNet weights without internet, for error messages
+    # Trains faster in mixed bfloat16 than in float32 on a CPU with bfloat16 arithmetic (what
+    # `train.mixed_precision: auto` asks): ResNet50 1.2-1.9x (benchmarks/results/training_throughput.md); not the
+    # EfficientNets, whose depthwise convolutions TensorFlow's CPU kernels run at 0.63x the float32 speed in bfloat16
+    # (benchmarks/results/training_throughput_efficientnet_lite1.md).
+    cpu_bfloat16: bool = False
     extra: dict = field(default_factory=dict)  # family-specific settings for the implementing module
 
     def impl(self) -> ModuleType:
@@ -53,7 +58,7 @@ REGISTRY: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone("resnet50", "resnet", 224, 2048, 5, "conv5_block3_out",
-                 mean=(103.939, 116.779, 123.68), bgr=True, weights_hint=_KERAS_HINT,
+                 mean=(103.939, 116.779, 123.68), bgr=True, weights_hint=_KERAS_HINT, cpu_bfloat16=True,
                  extra={"application": "ResNet50"}),
         # EfficientNet-Lite (Tan and Le 2019, TF Lite variants): no squeeze-excitation, ReLU6, stem and
         # head not scaled; inputs normalised with mean 127 and std 128 as in the official builder.
