@@ -8,14 +8,10 @@ command (fresh working directory, fresh stores).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, write
+from common import DEFAULT_DATA, run_deepfake, write
 
 HEAD_ONLY_SPACE = """params:
   train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
@@ -29,14 +25,7 @@ pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 2}
 def run(args: list[str], cwd: Path) -> dict:
     """Run a deepfake command in its own process: seconds, that process's own peak RSS (wait4), exit
     code, and the study summary lines it printed (trial counts, best value)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", "from deepfake.cli import main; main()", *args], cwd=cwd,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
+    output, seconds, code, usage = run_deepfake(args, cwd)
     if code:
         print(output[-2000:])
     summary = [line.strip() for line in output.splitlines() if line.startswith(("Study '", "Best trial"))]

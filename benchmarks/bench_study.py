@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, write
+from common import DEFAULT_DATA, run_deepfake, write
 
 HEAD_ONLY_SPACE = """params:
   train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
@@ -48,15 +45,9 @@ def study(work: Path, data: str, size: int, trials: int, cache: bool, precision:
             "--fine-tune-epochs", "0", "--no-register", "--set", f"train.feature_cache={str(cache).lower()}",
             "--set", "data.augment.flip=false", "--set", f"train.mixed_precision={precision}"]
     load = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", "from deepfake.cli import main; main()", *args], cwd=work,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
+    output, seconds, code, usage = run_deepfake(args, work)
     (work / "output.txt").write_text(output)
-    if os.waitstatus_to_exitcode(status):
+    if code:
         print(output[-3000:])
         raise SystemExit(f"deepfake tune failed in {work}")
     s = optuna.load_study(study_name="bench", storage=f"sqlite:///{work}/optuna.db")

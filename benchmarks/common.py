@@ -76,6 +76,22 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+def run_deepfake(args: list[str], cwd: Path) -> tuple[str, float, int, resource.struct_rusage]:
+    """Run ``deepfake ARGS`` in a process of its own: (its output, wall seconds, exit code, its own resource
+    usage from wait4: peak RSS and CPU time of that process only)."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", "from deepfake.cli import main; main()", *args], cwd=cwd,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    return output, time.perf_counter() - start, os.waitstatus_to_exitcode(status), usage
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
