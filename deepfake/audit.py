@@ -206,9 +206,12 @@ def audit_files(paths: Sequence[str], labels: Sequence[int], splits: Sequence[st
 
 
 def audit_dataset(info: DatasetInfo, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> AuditResult:
-    """Audit every split of a scanned dataset together."""
+    """Audit every split of a scanned dataset together: its image files as found (not the face crops or frames made
+    of them; videos are not audited)."""
+    from deepfake.media import is_video_path
+
     items = [(name, p, y) for name, split in info.splits.items()
-             for p, y in zip(split.paths, split.labels, strict=True)]
+             for p, y in zip(*split.sources(), strict=True) if not is_video_path(p)]
     return audit_files([p for _, p, _ in items], [y for *_, y in items], [s for s, *_ in items],
                        threshold=threshold, class_names=info.class_names, progress=progress)
 

@@ -35,6 +35,34 @@ class AugmentConfig:
 
 
 @dataclass
+class FaceConfig:
+    """Face crops (off by default): find faces, crop each square with a margin, give the crop to the model.
+
+    Stored with a trained model, so inference crops exactly as training did.
+    """
+
+    enabled: bool = False  # --faces
+    detector: str = "mtcnn"  # MTCNN (weights ship in its PyPI wheel; nothing is downloaded)
+    mode: str = "largest"  # largest | all (every face becomes its own sample)
+    margin: float = 0.3  # added on every side, as a fraction of the face box's longer side
+    min_confidence: float = 0.9  # detections below this are ignored
+    min_size: int = 20  # faces whose box is smaller than this many pixels (longer side, original image) are ignored
+    detect_max_side: int = 640  # larger images are downscaled for detection only; crops come from full resolution
+
+
+@dataclass
+class VideoConfig:
+    """Videos (mp4, mov, avi, webm, mkv) among the images: frames sampled uniformly, scores aggregated per video."""
+
+    frames: int = 8  # frames sampled uniformly from each video
+    aggregate: str = "mean"  # mean | max | topk (mean of the top_k frame probabilities): the video's probability
+    top_k: int = 3  # for aggregate: topk
+    max_seconds: float = 600.0  # a longer (or endless) stream is sampled within its first max_seconds
+    max_frames: int = 18000  # and within its first max_frames frames
+    max_bytes: int = 100_000_000  # a served video larger than this is refused
+
+
+@dataclass
 class DataConfig:
     path: str | None = None  # dataset root: split (train/val/test) or unsplit (class folders)
     class_names: list[str] = field(default_factory=lambda: ["real", "fake"])  # index = label
@@ -45,6 +73,9 @@ class DataConfig:
     num_parallel_calls: int = -1  # tf.data parallelism; -1 = AUTOTUNE
     cache: str = "auto"  # decoded-image cache: auto | memory | disk | none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    media_cache_dir: str = ".cache/media"  # face crops and video frames, decoded once per file and settings
     class_weights: bool = True  # weight the loss by inverse class frequency
     leakage_check: bool = True  # find exact/near-duplicate images across splits before training
     audit: bool = True  # compare classes on format, size, JPEG quality, EXIF before training
@@ -319,6 +350,25 @@ def validate(cfg: Config) -> None:
             bad(f"data.augment.{name}", "must be a probability in [0, 1]")
     if not 1 <= a.jpeg_quality_min <= 100:
         bad("data.augment.jpeg_quality_min", "must be in [1, 100]")
+    f, v = d.faces, d.video
+    if f.detector != "mtcnn":
+        bad("data.faces.detector", f"must be mtcnn, got {f.detector!r}")
+    if f.mode not in ("largest", "all"):
+        bad("data.faces.mode", "must be largest or all")
+    if not 0 <= f.margin <= 2:
+        bad("data.faces.margin", "must be in [0, 2] (a fraction of the face box's longer side)")
+    if not 0 <= f.min_confidence < 1:
+        bad("data.faces.min_confidence", "must be in [0, 1)")
+    if f.min_size < 1 or f.detect_max_side < 64:
+        bad("data.faces.min_size/detect_max_side", "must be at least 1 and 64 pixels")
+    if v.frames < 1:
+        bad("data.video.frames", "must be at least 1")
+    if v.aggregate not in ("mean", "max", "topk"):
+        bad("data.video.aggregate", "must be mean, max or topk")
+    if v.top_k < 1:
+        bad("data.video.top_k", "must be at least 1")
+    if v.max_seconds <= 0 or v.max_frames < 1 or v.max_bytes < 1:
+        bad("data.video.max_seconds/max_frames/max_bytes", "must be positive")
     if not 0.5 < d.audit_threshold <= 1:
         bad("data.audit_threshold", "must be a ROC-AUC in (0.5, 1], e.g. 0.8")
     if m.pooling not in ("avg", "max"):

@@ -27,11 +27,14 @@ import numpy as np
 
 from deepfake.config import DataConfig
 from deepfake.errors import DeepfakeError
-from deepfake.images import IMAGE_EXTENSIONS, check_image
+from deepfake.images import IMAGE_EXTENSIONS
+from deepfake.media import check_file, expand_files, is_video_path
+from deepfake.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS  # what dataset scans and ``deepfake predict`` folders list
 
 
 @dataclass
@@ -42,11 +45,31 @@ class SkippedFile:
 
 @dataclass
 class Split:
+    """The pictures of a split, in order: files the input pipeline reads, their labels and, for pictures made from
+    a video or by face crops (:mod:`deepfake.media`), the source file each came from (its group)."""
+
     paths: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # empty: every picture is its own source
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def group_ids(self) -> list[str]:
+        """The source file of every picture (a video's frames share one)."""
+        return list(self.groups) if self.groups else list(self.paths)
+
+    def subset(self, keep: Sequence[int]) -> Split:
+        groups = self.group_ids()
+        return Split([self.paths[i] for i in keep], [self.labels[i] for i in keep],
+                     [groups[i] for i in keep] if self.groups else [])
+
+    def sources(self) -> tuple[list[str], list[int]]:
+        """The distinct source files, in order, and their labels."""
+        seen: dict[str, int] = {}
+        for group, label in zip(self.group_ids(), self.labels, strict=True):
+            seen.setdefault(group, label)
+        return list(seen), list(seen.values())
 
     def counts(self, class_names: Sequence[str]) -> dict[str, int]:
         labels = np.asarray(self.labels, dtype=int)
@@ -121,20 +144,20 @@ class DatasetInfo:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Every file under ``folder`` (recursive, sorted) with an image extension, hidden files aside.
+    """Every file under ``folder`` (recursive, sorted) with an image or video extension, hidden files aside.
 
     Symlinks are kept as given (not replaced by their targets); broken symlinks and symlink loops
     are kept too, so that reading them fails and they are listed as skipped instead of vanishing.
     """
     return sorted(
         p for p in Path(folder).rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        if p.suffix.lower() in MEDIA_EXTENSIONS and not p.name.startswith(".")
         and (p.is_file() or (p.is_symlink() and not p.is_dir()))
     )
 
 
 def find_image_files(paths: Iterable[str]) -> list[Path]:
-    """Files, folders (recursive, image extensions only) and globs -> image files, sorted.
+    """Files, folders (recursive, image and video extensions only) and globs -> image and video files, sorted.
 
     A file reached twice (the same path given twice, or a symlink and its target) is listed once,
     under the name of the real file when that was given, otherwise as first given; symlinks are
@@ -188,7 +211,8 @@ def _collect(folder: Path, class_names: Sequence[str], where: str) -> tuple[list
         files = list_images(class_dir)
         if not files:
             raise DeepfakeError(
-                f"{class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or fix data.class_names"
+                f"{class_dir} has no images or videos ({', '.join(MEDIA_EXTENSIONS)}); add some or fix "
+                "data.class_names"
             )
         paths.extend(files)
         labels.extend([label] * len(files))
@@ -214,7 +238,7 @@ def _check_all(paths: list[Path], progress: bool) -> dict[str, str]:
     """Check every file (threads: Pillow releases the GIL while decoding)."""
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = pool.map(check_image, paths, chunksize=16)
+        results = pool.map(check_file, paths, chunksize=16)
         if progress:
             from tqdm import tqdm
 
@@ -267,6 +291,7 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
             notes.append(f"no val/ folder: {cfg.val_fraction:.0%} of train/ held out for validation (seed {seed})")
 
     splits = {name: Split(list(parts[name][0]), [int(y) for y in parts[name][1]]) for name in SPLITS}
+    splits = _pictures(splits, cfg, skipped, notes, progress)  # after the split: a video's frames stay together
     _require_both_classes(splits, names, root, layout == "split")
     info = DatasetInfo(str(root), layout, names, splits, skipped, notes)
     if skipped:
@@ -314,15 +339,31 @@ def scan_evaluation_dataset(cfg: DataConfig, split: str = "auto", seed: int = 42
     raw, skipped = _check_collected(raw, True, progress)
     paths = [p for ps, _ in raw.values() for p in ps]
     labels = [int(y) for _, ls in raw.values() for y in ls]
-    chosen = {split: Split(paths, labels)}
+    notes: list[str] = []
+    chosen = _pictures({split: Split(paths, labels)}, cfg, skipped, notes, progress)
     layout = "unsplit" if unsplit else "split"
     _require_both_classes(chosen, names, root, split in present)
     where = ", ".join(f"{f}/" for f in folders) if present else " and ".join(f"{n}/" for n in names)
-    notes = [f"evaluation only: every image of {where}"]
+    notes.insert(0, f"evaluation only: every image of {where}")
     info = DatasetInfo(str(root), layout, names, chosen, skipped, notes)
     if skipped:
         log.warning("skipped %d unreadable image(s); see the dataset report", len(skipped))
     return info, split
+
+
+def _pictures(splits: dict[str, Split], cfg: DataConfig, skipped: list[SkippedFile], notes: list[str],
+              progress: bool) -> dict[str, Split]:
+    """Videos -> their sampled frames and, with face crops on, every image and frame -> its faces
+    (:func:`deepfake.media.expand_files`); sources that give no picture join ``skipped``."""
+    if not cfg.faces.enabled and not any(is_video_path(p) for split in splits.values() for p in split.paths):
+        return splits
+    out: dict[str, Split] = {}
+    for name, split in splits.items():
+        expanded = expand_files(split.paths, split.labels, cfg, progress)
+        out[name] = Split(expanded.paths, expanded.labels, expanded.groups)
+        skipped.extend(SkippedFile(p, why) for p, why in expanded.skipped)
+        notes.extend(f"{name}: {n}" for n in expanded.notes)
+    return out
 
 
 def _dataset_root(cfg: DataConfig) -> Path:

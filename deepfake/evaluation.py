@@ -30,6 +30,7 @@ class Detector(Protocol):
     """What evaluating needs of a detector (a :class:`deepfake.inference.Predictor`, one layer up)."""
 
     meta: Any  # its ``threshold``
+    video: Any  # its :class:`deepfake.config.VideoConfig` (how frame probabilities make a video's)
 
     def predict_split(self, split: Split, batch_size: int = 32) -> np.ndarray: ...
 
@@ -104,8 +105,42 @@ def evaluate_predictor(predictor: Detector, info: DatasetInfo, out_dir: str | Pa
     probs = predictor.predict_split(target)
     result = evaluate_predictions(target.labels, probs, out_dir, class_names=info.class_names,
                                   threshold=predictor.meta.threshold, prefix=prefix or split)
-    echo(MET.format_metrics_table(result["metrics"], title=f"{model_ref} on {info.root} [{split}]"))
-    return result | {"probs": probs}
+    grouped = len(set(target.group_ids())) < len(target)
+    title = f"{model_ref} on {info.root} [{split}]"
+    echo(MET.format_metrics_table(result["metrics"], title=title + (" per frame" if grouped else "")))
+    videos = evaluate_per_source(target, probs, out_dir, predictor.video, class_names=info.class_names,
+                                 threshold=predictor.meta.threshold, prefix=prefix or split)
+    if videos is not None:
+        echo(MET.format_metrics_table(videos["metrics"], title=f"{title} per video ({videos['n']} videos, "
+                                                               f"{predictor.video.aggregate} of frames)"))
+    return result | {"probs": probs, "per_video": videos}
+
+
+def source_probabilities(split: Split, probs: ArrayLike, video: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One probability per source file (a video from its frames, an image from its faces; ``video.aggregate``):
+    the sources in order, their labels and probabilities."""
+    from deepfake.media import aggregate
+
+    groups = split.group_ids()
+    p = np.asarray(probs, dtype="float64").reshape(-1)
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    labels = np.array([split.labels[idx[0]] for idx in members.values()], dtype=int)
+    return list(members), labels, np.array([aggregate(p[idx], video) for idx in members.values()])
+
+
+def evaluate_per_source(split: Split, probs: ArrayLike, out_dir: str | Path, video: Any,
+                        class_names: Sequence[str] = ("real", "fake"), threshold: float = 0.5,
+                        prefix: str = "test", figures: bool = True) -> dict[str, Any] | None:
+    """The metrics and files of a split per source file (per video), under ``{prefix}_video_*``; ``None`` when every
+    picture is its own source (nothing to aggregate)."""
+    sources, labels, video_probs = source_probabilities(split, probs, video)
+    if len(sources) == len(split):
+        return None
+    result = evaluate_predictions(labels, video_probs, out_dir, class_names=class_names, threshold=threshold,
+                                  prefix=f"{prefix}_video", figures=figures)
+    return result | {"n": len(sources), "sources": sources, "probs": video_probs}
 
 
 def _json_default(value: Any) -> Any:

@@ -34,21 +34,27 @@ def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Pat
         tags["registered_model"] = model_ref[len("models:/"):]
     predictor = load_predictor(tracking.local_model(model_ref))
     cfg.data.class_names = predictor.meta.class_names
+    cfg.data.faces, cfg.data.video = predictor.faces, predictor.video  # pictures made as the model's training made them
     info, split = D.scan_evaluation_dataset(cfg.data, split=split, seed=cfg.train.seed)
     target = info.splits[split]
     counts = ", ".join(f"{n} {name}" for name, n in target.counts(info.class_names).items())
     echo(info.report())
     what = ("every image" if split == "all" else f"every image of {split}/" if len(info.splits) == 1
             else f"its {split} split (seed {cfg.train.seed})")
-    echo(f"Evaluating {len(target)} images ({counts}) of {data}: {what}")
+    n_sources = len(target.sources()[0])
+    pictures = (f"{len(target)} pictures from {n_sources} files" if n_sources < len(target) else
+                f"{len(target)} images")
+    echo(f"Evaluating {pictures} ({counts}) of {data}: {what}")
     with tracking.start_run(f"evaluate-{Path(data).name}-{split}", tags=tags) as mlrun:
         tracking.log_dataset(info, evaluated=split)
         tracking.log_params({"evaluated_split": split, "n_images": len(target)})
         result = E.evaluate_predictor(predictor, info, out, split=split, model_ref=model_ref, echo=echo)
         tracking.log_metrics(result["metrics"], prefix=f"{split}_")
+        if result["per_video"] is not None:
+            tracking.log_metrics(result["per_video"]["metrics"], prefix=f"{split}_video_")
         if metadata:
             sources = E.read_metadata(metadata, data)
-            table = E.per_source_table(target.paths, target.labels, result["probs"], predictor.meta.threshold,
+            table = E.per_source_table(target.group_ids(), target.labels, result["probs"], predictor.meta.threshold,
                                        sources, out)
             echo("\nPer source:\n" + E.format_table(table["rows"], SOURCE_COLUMNS))
             for row in table["rows"]:

@@ -59,11 +59,10 @@ def check_images(predictor: Predictor, split: Any | None, n_random: int = 100,
     if split is None:
         return rng.uniform(0, 255, (n_random, size, size, 3)).astype("float32"), None
     from deepfake.config import DataConfig
-    from deepfake.data import Split
     from deepfake.input_pipeline import make_dataset
 
     pick = np.sort(rng.permutation(len(split.paths))[:CHECK_IMAGES])
-    sub = Split([split.paths[i] for i in pick], [split.labels[i] for i in pick])
+    sub = split.subset(pick)
     images, labels = [], []
     for x, y in make_dataset(sub, DataConfig(image_size=size, batch_size=32, cache="none"), training=False):
         images.append(x.numpy())

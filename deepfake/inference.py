@@ -31,12 +31,15 @@ from deepfake import atomic, backbones
 from deepfake.calibration import apply_temperature
 from deepfake.errors import DeepfakeError, first_line
 from deepfake.runtimes import EXPORTED_FILES, OnnxModel, OpenVinoModel, load_exported
+from deepfake.video import is_video_bytes
 
 if TYPE_CHECKING:
     import keras
     import pandas as pd
 
+    from deepfake.config import DataConfig
     from deepfake.data import Split
+    from deepfake.media import Media
 
 KERAS_FILE = "model.keras"
 META_FILE = "model.meta.json"
@@ -53,6 +56,8 @@ class ModelMeta:
     temperature: float = 1.0  # logit temperature fitted on validation (1.0 = none)
     format: str = "keras"  # keras, or the export format (deepfake.export.FORMATS)
     precision: str = "f32"  # the runtime's inference precision for an exported model: f32, bf16 (int8 is in the model)
+    faces: dict = field(default_factory=dict)  # the FaceConfig it was trained with (empty: no face crops)
+    video: dict = field(default_factory=dict)  # the VideoConfig it was trained with (frame sampling, aggregation)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelMeta:
@@ -180,7 +185,7 @@ def _as_bytes(value: Any, access: PathAccess = True) -> bytes:
             raise ValueError("a data URL whose data is not valid base64")
         return decoded
     decoded = _decode_base64(text)
-    if decoded is not None and _is_image(decoded):
+    if decoded is not None and (_is_image(decoded) or is_video_bytes(decoded)):
         return decoded
     if access is not False:
         return _read_path(text, access)
@@ -199,9 +204,15 @@ class Predictor:
 
     def __init__(self, keras_model: keras.Model | OnnxModel | OpenVinoModel, meta: ModelMeta,
                  paths: PathAccess = True):
+        from deepfake.config import FaceConfig, VideoConfig
+
         self.model = keras_model
         self.meta = meta
         self.paths = paths
+        # Face crops exactly as in training; video sampling and aggregation as in training unless changed
+        # (``deepfake predict --frames/--aggregate``).
+        self.faces = FaceConfig(**{k: v for k, v in meta.faces.items() if k in FaceConfig.__dataclass_fields__})
+        self.video = VideoConfig(**{k: v for k, v in meta.video.items() if k in VideoConfig.__dataclass_fields__})
 
     @property
     def is_exported(self) -> bool:
@@ -233,6 +244,14 @@ class Predictor:
     def image_size(self) -> int:
         return self.meta.image_size
 
+    def data_config(self, path: str | Path | None = None) -> DataConfig:
+        """The data settings that made this detector's inputs (class names, image size, face crops, video
+        sampling), for a dataset scanned to evaluate or calibrate it."""
+        from deepfake.config import DataConfig
+
+        return DataConfig(path=None if path is None else str(path), class_names=list(self.meta.class_names),
+                          image_size=self.image_size, faces=self.faces, video=self.video)
+
     def label_of(self, probability: float) -> str:
         return self.meta.class_names[int(probability >= self.meta.threshold)]
 
@@ -251,9 +270,12 @@ class Predictor:
     def decode(self, value: Any) -> np.ndarray:
         """One input (bytes, base64 or, as ``self.paths`` allows, a path) -> ``(S, S, 3)`` float32
         pixels; raises ValueError."""
+        return self.decode_bytes(_as_bytes(value, self.paths))
+
+    def decode_bytes(self, raw: bytes) -> np.ndarray:
+        """Encoded image bytes -> ``(S, S, 3)`` float32 pixels; raises ValueError."""
         from deepfake.images import check_bytes, decode_image
 
-        raw = _as_bytes(value, self.paths)
         problem = check_bytes(raw)
         if problem:
             raise ValueError(problem)
@@ -262,24 +284,64 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - any failure to decode a user's image is that row's error
             raise ValueError(f"cannot decode image: {first_line(exc, 120)}") from None
 
+    def pictures(self, raw: bytes) -> Media | None:
+        """The pictures of one input as training made them (a video's sampled frames, the faces of an image or of
+        a video's frames; :mod:`deepfake.media`), or ``None`` for a plain image given as it is; raises ValueError."""
+        from deepfake.media import pictures_of
+        from deepfake.video import is_video_bytes
+
+        video = is_video_bytes(raw)
+        if not video and not self.faces.enabled:
+            return None
+        if video and len(raw) > self.video.max_bytes:
+            raise ValueError(f"video too large: {len(raw) / 1e6:.1f} MB exceeds the limit of "
+                             f"{self.video.max_bytes / 1e6:.1f} MB (data.video.max_bytes)")
+        return pictures_of(raw, self.faces, self.video)
+
+    def decode_pictures(self, media: Media) -> np.ndarray:
+        """Pictures -> ``(N, S, S, 3)`` float32 pixels, through the PNG bytes training cached them as."""
+        from deepfake.images import decode_image
+        from deepfake.media import encode_png
+
+        return np.stack([np.asarray(decode_image(encode_png(p), self.image_size)) for p in media.pictures])
+
     def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
-        """Any mix of paths/bytes/base64 -> one dict per input; bad inputs get ``error`` and a
-        ``fake_probability`` of ``None`` (JSON null, never NaN)."""
+        """Any mix of paths/bytes/base64 (images or videos) -> one dict per input; bad inputs get ``error`` and a
+        ``fake_probability`` of ``None`` (JSON null, never NaN). A video (or, with face crops, an image) is scored
+        from its pictures: ``frames`` says how many, ``frame_probabilities`` holds each one's and
+        ``fake_probability`` is their aggregate (``data.video.aggregate``)."""
+        from deepfake.media import aggregate
+
         rows: list[dict[str, Any]] = []
         for start in range(0, len(values), batch_size):
             chunk = values[start : start + batch_size]
             images, good = [], []
-            out = [{"fake_probability": None, "label": None, "error": None} for _ in chunk]
+            out = [{"fake_probability": None, "label": None, "error": None, "frames": None,
+                    "frame_probabilities": None, "note": None} for _ in chunk]
             for i, value in enumerate(chunk):
                 try:
-                    images.append(self.decode(value))
-                    good.append(i)
+                    raw = _as_bytes(value, self.paths)
+                    media = self.pictures(raw)
+                    if media is None:
+                        images.append(self.decode_bytes(raw))
+                        good.append(i)
+                        continue
+                    frame_probs = self.predict_arrays(self.decode_pictures(media), batch_size=batch_size)
+                    p = aggregate(frame_probs, self.video)
+                    out[i].update(fake_probability=p, label=self.label_of(p), frames=len(frame_probs),
+                                  frame_probabilities=[round(float(x), 6) for x in frame_probs])
+                    if media.limited or media.truncated:
+                        out[i]["note"] = (f"longer than the limit ({self.video.max_seconds:g} s or "
+                                          f"{self.video.max_frames} frames): sampled within its first part"
+                                          if media.limited else
+                                          "ended early (truncated or corrupt): its decodable frames used")
                 except (ValueError, OSError) as exc:
                     out[i]["error"] = str(exc)
             if images:
                 probs = self.predict_arrays(np.stack(images), batch_size=batch_size)
                 for i, p in zip(good, probs, strict=True):
-                    out[i].update(fake_probability=float(p), label=self.label_of(float(p)))
+                    out[i].update(fake_probability=float(p), label=self.label_of(float(p)), frames=1,
+                                  frame_probabilities=[round(float(p), 6)])
             rows.extend(out)
         return rows
 
@@ -317,6 +379,8 @@ class Predictor:
                 "fake_probability": pd.Series([r["fake_probability"] for r in rows], dtype=object),
                 "label": [r["label"] or "" for r in rows],
                 "error": [r["error"] or "" for r in rows],
+                "frames": [r["frames"] or 0 for r in rows],  # pictures scored: 1 for an image, a video's frames
+                "frame_probabilities": [r["frame_probabilities"] or [] for r in rows],
             }
         )
 
@@ -338,7 +402,8 @@ def example_frames(meta: ModelMeta) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     example_img = _example_png(min(meta.image_size, 32))
     example = pd.DataFrame({"image": [base64.b64encode(example_img).decode("ascii")]})
-    output = pd.DataFrame({"fake_probability": [0.5], "label": [meta.class_names[1]], "error": [""]})
+    output = pd.DataFrame({"fake_probability": [0.5], "label": [meta.class_names[1]], "error": [""], "frames": [1],
+                           "frame_probabilities": [[0.5]]})
     return example, output
 
 
@@ -355,13 +420,15 @@ def _example_png(size: int) -> bytes:
 
 
 def pip_requirements(meta: ModelMeta | None = None) -> list[str]:
-    """The pinned packages a logged detector needs (the export's runtime too, for an exported one)."""
+    """The pinned packages a logged detector needs (the export's runtime too, for an exported one; the face
+    detector for one trained on face crops; PyAV for videos)."""
     from importlib import metadata
 
     reqs = []
     runtime = {"onnx": ("onnxruntime",), "openvino": ("openvino",)}.get((meta.format if meta else "keras")
                                                                        .split("-")[0], ())
-    for name in ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", *runtime):
+    faces = ("mtcnn",) if meta is not None and meta.faces.get("enabled") else ()  # the face detector
+    for name in ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", "av", *runtime, *faces):
         try:
             reqs.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -389,22 +456,29 @@ def load_predictor(ref: str | Path) -> Predictor:
 
 def sample_predictions(predictor: Predictor, split: Split, class_names: Sequence[str], n: int = 1,
                        seed: int = 0) -> list[dict[str, Any]]:
-    """Predict ``n`` randomly chosen images of ``split`` (seeded); undecodable picks are replaced."""
+    """Predict ``n`` randomly chosen sources of ``split`` (seeded): an image, or a video from all its frames (the
+    middle one shown); undecodable picks are replaced."""
+    from deepfake.media import aggregate
+
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(split.group_ids()):
+        members.setdefault(group, []).append(i)
+    sources = list(members)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(split.paths))
     picked: list[dict[str, Any]] = []
-    for idx in order:
-        path = split.paths[idx]
+    for k in rng.permutation(len(sources)):
+        source, idx = sources[k], members[sources[k]]
         try:
-            image = predictor.decode(path)
+            images = np.stack([predictor.decode(split.paths[i]) for i in idx])
         except (ValueError, OSError):
             continue
-        prob = float(predictor.predict_arrays(image[None])[0])
+        probs = predictor.predict_arrays(images)
+        prob = aggregate(probs, predictor.video) if len(idx) > 1 else float(probs[0])
         picked.append({
-            "path": str(path),
-            "name": Path(path).name,
-            "image": image,
-            "true_label": class_names[split.labels[idx]],
+            "path": str(source),
+            "name": Path(source).name + (f" ({len(idx)} frames, {predictor.video.aggregate})" if len(idx) > 1 else ""),
+            "image": images[len(idx) // 2],
+            "true_label": class_names[split.labels[idx[0]]],
             "predicted_label": predictor.label_of(prob),
             "fake_probability": prob,
         })

@@ -3,6 +3,10 @@
 Exact duplicates are found by content hash (SHA-256 of the file), near duplicates by
 perceptual hash (``imagehash.phash``, Hamming distance at most ``max_distance``).
 With ``data.dedupe`` the copy in the later split is removed (train < val < test).
+
+Pictures made from one source (a video's frames, an image's face crops: :mod:`deepfake.media`) are checked
+one by one but reported and removed per source: a leak names the two videos, and dedupe removes every frame
+of the later one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepfake.data import SPLITS, DatasetInfo, Split
+from deepfake.data import SPLITS, DatasetInfo
 
 ORDER = {name: i for i, name in enumerate(SPLITS)}
 
@@ -41,6 +45,8 @@ def _hashes(path: str) -> tuple[str, object]:
 def find_leaks(info: DatasetInfo, max_distance: int = 4) -> list[Leak]:
     """Pairs of images in *different* splits that are exact or near duplicates."""
     items = [(split, path) for split in SPLITS for path in info.splits[split].paths]
+    group_of = {path: group for split in SPLITS
+                for path, group in zip(info.splits[split].paths, info.splits[split].group_ids(), strict=True)}
     with ThreadPoolExecutor(max_workers=8) as pool:
         hashes = list(pool.map(lambda item: _hashes(item[1]), items))
     leaks: list[Leak] = []
@@ -63,16 +69,27 @@ def find_leaks(info: DatasetInfo, max_distance: int = 4) -> list[Leak]:
                 if items[j][1] in exact_dups or hashes[i][0] == hashes[j][0]:
                     continue
                 leaks.append(Leak("near", items[i][0], items[i][1], items[j][0], items[j][1], int(d)))
-    return leaks
+    return _per_source(leaks, group_of)
+
+
+def _per_source(leaks: list[Leak], group_of: dict[str, str]) -> list[Leak]:
+    """One leak per pair of source files (the closest of their pictures), named by the sources."""
+    best: dict[tuple[str, str], Leak] = {}
+    for leak in leaks:
+        a, b = group_of.get(leak.kept_path, leak.kept_path), group_of.get(leak.dup_path, leak.dup_path)
+        named = Leak(leak.kind, leak.kept_split, a, leak.dup_split, b, leak.distance)
+        if (a, b) not in best or leak.distance < best[(a, b)].distance:
+            best[(a, b)] = named
+    return list(best.values())
 
 
 def dedupe(info: DatasetInfo, leaks: list[Leak]) -> DatasetInfo:
-    """Remove each leak's copy from the later split (the earlier split keeps its image)."""
+    """Remove each leak's copy from the later split (the earlier split keeps its image); every picture of that
+    source (a video's frames) goes."""
     drop = {leak.dup_path for leak in leaks}
     for name in SPLITS:
         split = info.splits[name]
-        kept = [(p, y) for p, y in zip(split.paths, split.labels, strict=True) if p not in drop]
-        info.splits[name] = Split([p for p, _ in kept], [y for _, y in kept])
+        info.splits[name] = split.subset([i for i, g in enumerate(split.group_ids()) if g not in drop])
     if drop:
         info.notes.append(f"dedupe: removed {len(drop)} duplicate image(s) from later splits")
     return info

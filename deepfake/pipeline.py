@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,9 +102,21 @@ def evaluate_split(model: keras.Model, split: D.Split, cfg: Config, out_dir: Pat
     """Predict one split (calibrated, in file order) and write its metrics, confusion matrix, report and curves."""
     ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
     probs = apply_temperature(training.predict_probabilities(model, ds), temperature)
-    return evaluation.evaluate_predictions(
+    result = evaluation.evaluate_predictions(
         split.labels, probs, out_dir, class_names=cfg.data.class_names, threshold=threshold, prefix=prefix
-    ) | {"probs": probs}
+    )
+    videos = evaluation.evaluate_per_source(split, probs, out_dir, cfg.data.video, class_names=cfg.data.class_names,
+                                            threshold=threshold, prefix=prefix)
+    return result | {"probs": probs, "per_video": videos}
+
+
+def _log_per_video(evaluated: dict[str, Any], prefix: str, echo: Callable[[str], None]) -> None:
+    """Log and print the per-video metrics of an evaluated split that holds videos (or face crops of images)."""
+    videos = evaluated.get("per_video")
+    if videos is None:
+        return
+    tracking.log_metrics(videos["metrics"], prefix=f"{prefix}_video_")
+    echo(MET.format_metrics_table(videos["metrics"], title=f"{prefix} metrics per video ({videos['n']} sources)"))
 
 
 def run(
@@ -188,7 +200,7 @@ def run(
                           else (previous or {}).get("weights_source", "unknown"))
         meta = ModelMeta(threshold=threshold, class_names=list(cfg.data.class_names),
                          image_size=cfg.data.image_size, weights_source=weights_source, temperature=temperature,
-                         backbone=cfg.model.backbone)
+                         backbone=cfg.model.backbone, faces=asdict(cfg.data.faces), video=asdict(cfg.data.video))
         model_dir = save_detector(model, meta, out_dir / "model")
 
         tracking.log_metrics({"threshold": threshold, "temperature": temperature})
@@ -197,11 +209,12 @@ def run(
         tracking.log_metrics(test_eval["metrics_at_0.5"], prefix="test_at_0.5_")
         tracking.log_artifacts([eval_dir], "evaluation")
         tracking.log_artifacts([history_png], "evaluation")
-        model_uri = (tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements())
+        model_uri = (tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements(meta))
                      if cfg.tracking.log_model else None)
 
         echo(MET.format_metrics_table(test_eval["metrics"],
                                       title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+        _log_per_video(test_eval, "test", echo)
         echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
         return RunResult(
             run_id=run_id,
@@ -260,6 +273,9 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
                                                threshold=threshold, prefix="val", figures=False)
     test_eval = evaluation.evaluate_predictions(test.labels, test_probs, eval_dir, class_names=names,
                                                 threshold=threshold, prefix="test", figures=False)
+    test_eval["per_video"] = evaluation.evaluate_per_source(test, test_probs, eval_dir, cfg.data.video,
+                                                            class_names=names, threshold=threshold, prefix="test",
+                                                            figures=False)
     with (eval_dir / PREDICTIONS_FILE).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "path", "label", "probability"])
@@ -269,7 +285,8 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
     (eval_dir / HISTORY_FILE).write_text(json.dumps({"history": result.history,
                                                      "phase_boundary": result.phase_boundary}))
     meta = ModelMeta(threshold=threshold, class_names=list(names), image_size=cfg.data.image_size,
-                     weights_source=cached.weights_info.source, temperature=temperature, backbone=cfg.model.backbone)
+                     weights_source=cached.weights_info.source, temperature=temperature, backbone=cfg.model.backbone,
+                     faces=asdict(cfg.data.faces), video=asdict(cfg.data.video))
     meta_path = meta.save(ckpt_dir / META_FILE)
 
     tracking.log_metrics({"threshold": threshold, "temperature": temperature}
@@ -282,6 +299,7 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
                       | {MODEL_TAG: "head", FINGERPRINT_TAG: cached.fingerprint})
     echo(MET.format_metrics_table(test_eval["metrics"],
                                   title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+    _log_per_video(test_eval, "test", echo)
     return RunResult(
         run_id=run_id, model_dir=ckpt_dir, model_uri=None, threshold=threshold, test_metrics=test_eval["metrics"],
         val_metrics=val_eval["metrics"], history=result.history, out_dir=out_dir, dataset=info,
@@ -327,7 +345,7 @@ def assemble(run_id: str, *, echo: Callable[[str], None] = print) -> str:
         model_dir = save_detector(model, meta, work / "model")
         figures = _figures(logged_eval, work / "evaluation", meta)
         with tracking.reopened_run(run_id):
-            model_uri = tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements())
+            model_uri = tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements(meta))
             tracking.log_artifacts(figures, "evaluation")
             tracking.set_tags({MODEL_TAG: "full"})
     finally:

@@ -43,6 +43,9 @@ OPTION_TO_CONFIG = {
     "output_dir": "train.output_dir",
     "tracking_uri": "tracking.tracking_uri",
     "experiment": "tracking.experiment",
+    "faces": "data.faces.enabled",
+    "face_margin": "data.faces.margin",
+    "frames": "data.video.frames",
 }
 
 
@@ -112,6 +115,13 @@ def training_options(func: Callable) -> Callable:
         click.option("--image-size", type=int,
                      help="Square input size in pixels (>= 32; 0 = the backbone's native size)."),
         click.option("--batch-size", type=int, help="Images per batch."),
+        click.option("--faces/--no-faces", default=None,
+                     help="Detect faces (MTCNN) and train on the largest face of each image and video frame, "
+                          "cropped square with a margin (data.faces.*); images without a face are skipped. "
+                          "Stored with the model: prediction crops the same way."),
+        click.option("--face-margin", type=float,
+                     help="Margin added on every side of a face crop, as a fraction of the face's size (0.3)."),
+        click.option("--frames", type=int, help="Frames sampled uniformly from each video of the dataset (8)."),
         click.option("--epochs", type=int, help="Phase-1 epochs (head on the frozen backbone)."),
         click.option("--fine-tune-epochs", type=int, help="Phase-2 epochs (top backbone stages unfrozen)."),
         click.option("--learning-rate", type=float, help="Phase-1 learning rate."),

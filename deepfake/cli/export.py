@@ -37,14 +37,14 @@ def export_cmd(model_ref: str, fmt: str, out_dir: str, data: str | None, toleran
     from deepfake.export import export
 
     split = None
+    predictor = load_detector(model_ref, tracking_uri)
     if data is not None:
         from deepfake import data as D
-        from deepfake.config import DataConfig
 
-        split = D.scan_dataset(DataConfig(path=data), progress=False).splits["val"]
+        split = D.scan_dataset(predictor.data_config(data), progress=False).splits["val"]
         if len(split) == 0:
             raise click.UsageError(f"--data {data}: no validation images; give a dataset with a val split")
-    info = export(load_detector(model_ref, tracking_uri), out_dir, fmt, split=split, tolerance=tolerance,
+    info = export(predictor, out_dir, fmt, split=split, tolerance=tolerance,
                   echo=click.echo)
     auc = (f"; validation ROC-AUC {info['roc_auc_export']:.4f} (Keras {info['roc_auc_keras']:.4f})"
            if info["roc_auc_keras"] is not None else "")

@@ -22,19 +22,19 @@ from deepfake.data import SPLITS
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
 def sample(model_ref: str | None, data: str, split: str, seed: int | None, count: int, out_path: str,
            tracking_uri: str | None) -> None:
-    """Predict randomly chosen images and save a figure with true label, prediction and probability."""
+    """Predict randomly chosen images (or videos) and save a figure with true label, prediction and probability.
+
+    A video is scored from its sampled frames (faces, for a model trained on face crops); its middle frame is shown.
+    """
     import secrets
 
     from deepfake import data as D
     from deepfake import plots
-    from deepfake.config import resolve
     from deepfake.inference import sample_predictions
 
     predictor = load_detector(model_ref or DEFAULT_MODEL_URI, tracking_uri)
-    cfg = resolve(overrides={"data": {"path": data, "class_names": predictor.meta.class_names,
-                                      "image_size": predictor.meta.image_size}})
     seed = secrets.randbelow(2**31) if seed is None else seed
-    info = D.scan_dataset(cfg.data, seed=0, check_images=False)
+    info = D.scan_dataset(predictor.data_config(data), seed=0, check_images=False)
     picks = sample_predictions(predictor, info.splits[split], predictor.meta.class_names, n=count, seed=seed)
     for p in picks:
         click.echo(f"{p['path']}\n  true: {p['true_label']:<6} predicted: {p['predicted_label']:<6} "
