@@ -272,6 +272,13 @@ class Predictor:
         pixels; raises ValueError."""
         return self.decode_bytes(_as_bytes(value, self.paths))
 
+    def decode_all(self, value: Any) -> np.ndarray:
+        """One input -> the ``(N, S, S, 3)`` float32 pixels of every picture the detector scores: the image itself,
+        its faces (a model trained on face crops) or a video's sampled frames; raises ValueError."""
+        raw = _as_bytes(value, self.paths)
+        media = self.pictures(raw)
+        return self.decode_bytes(raw)[None] if media is None else self.decode_pictures(media)
+
     def decode_bytes(self, raw: bytes) -> np.ndarray:
         """Encoded image bytes -> ``(S, S, 3)`` float32 pixels; raises ValueError."""
         from deepfake.images import check_bytes, decode_image

@@ -377,12 +377,15 @@ def _dataset_warnings_silenced() -> Iterator[None]:
 def split_dataset(info: DatasetInfo, split: str) -> PandasDataset:
     """One split as an MLflow dataset: its files and labels (the digest changes when they do), named
     ``<dataset folder>-<split>``, with the folder the files come from (``ROOT/train``, or ``ROOT`` for an
-    unsplit dataset) as its source."""
+    unsplit dataset) as its source; face crops and video frames name their source file."""
     import pandas as pd
 
     files = info.splits[split]
     frame = pd.DataFrame({"path": [str(p) for p in files.paths], "label": [int(y) for y in files.labels]})
-    folder = Path(os.path.commonpath(frame["path"].tolist())) if len(frame) else Path(info.root)
+    if files.groups:  # pictures made of videos or face crops: which file each came from
+        frame.insert(1, "source", [str(g) for g in files.groups])
+    sources = frame["source" if files.groups else "path"].tolist()
+    folder = Path(os.path.commonpath(sources)) if len(frame) else Path(info.root)
     if not folder.is_dir():  # a split of one file
         folder = folder.parent
     with _dataset_warnings_silenced():

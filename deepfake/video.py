@@ -19,7 +19,6 @@ decoding), then decodes sequentially and converts only the chosen frames to RGB.
 from __future__ import annotations
 
 import io
-import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -144,6 +143,8 @@ def _opened(source: str | Path | bytes, max_pixels: int) -> Iterator[tuple[Any, 
 
 
 def _video_stream(container: Any, name: str, max_pixels: int) -> Any:
+    if not container.streams:  # e.g. an MP4 cut before its index (moov), which most cameras write last
+        raise VideoError(f"{name}cannot decode video: no streams (an incomplete file?)")
     if not container.streams.video:
         raise VideoError(f"{name}no video stream")
     stream = container.streams.video[0]
@@ -172,6 +173,9 @@ def _count_frames(container: Any, stream: Any, max_frames: int, max_seconds: flo
         for packet in container.demux(stream):
             if packet.size == 0:  # the flush packet at the end
                 continue
+            if packet.is_corrupt:  # cut short (a partial file) or damaged: the stream ends before it
+                count.broken = True
+                break
             if count.start is None and packet.pts is not None:
                 count.start = packet.pts
             if limit_pts is None and count.start is not None and tb:
@@ -184,6 +188,8 @@ def _count_frames(container: Any, stream: Any, max_frames: int, max_seconds: flo
                 count.limited = True
                 break
             count.packets += 1
+            if packet.is_discard:
+                continue  # decoded as a reference only (an edit list starts later): the decoder outputs no frame
             if limit_pts is not None and packet.pts is not None and packet.pts >= limit_pts:
                 continue  # decoded before, shown after the limit (a reordered frame)
             count.total += 1
@@ -199,7 +205,7 @@ def _count_frames(container: Any, stream: Any, max_frames: int, max_seconds: flo
 
 def _shorter_than_declared(container: Any, stream: Any, count: _Count, last_end: int | None) -> bool:
     """Whether the container's header promises more frames or time than the packets hold (a cut file)."""
-    if stream.frames and count.total < stream.frames:
+    if stream.frames and count.packets < stream.frames:
         return True  # MP4/MOV sample tables and AVI headers count the frames
     tb = stream.time_base
     if last_end is None or not tb or count.start is None:
@@ -216,6 +222,13 @@ def _shorter_than_declared(container: Any, stream: Any, count: _Count, last_end:
     return declared - held > 2 * period + 0.05
 
 
+def _upright(rgb: np.ndarray, rotation: float | None) -> np.ndarray:
+    """The frame as it is shown: turned by its display matrix's rotation (counterclockwise, in degrees), as
+    phones record upright videos. Quarter turns only; flips and other angles are ignored."""
+    turns = round((rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def _decode(container: Any, stream: Any, wanted: list[int], count: _Count) -> tuple[SampledFrames, int, bool]:
     """Decode sequentially; convert the ``wanted`` frames. Returns (the frames, frames decoded, broken)."""
     out = SampledFrames()
@@ -225,6 +238,7 @@ def _decode(container: Any, stream: Any, wanted: list[int], count: _Count) -> tu
     last = wanted[-1]
     tb = stream.time_base
     rate = stream.average_rate or stream.guessed_rate
+    stream_turn = (getattr(stream, "side_data", None) or {}).get("DISPLAYMATRIX", 0)  # PyAV < 13: no frame.rotation
     decoded = 0
     broken = False
 
@@ -235,7 +249,7 @@ def _decode(container: Any, stream: Any, wanted: list[int], count: _Count) -> tu
             index = decoded
             decoded += 1
             if index in want:
-                out.frames.append(frame.to_ndarray(format="rgb24"))
+                out.frames.append(_upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", stream_turn)))
                 out.indices.append(index)
                 if frame.pts is not None and tb and count.start is not None:
                     out.timestamps.append(float((frame.pts - count.start) * tb))
@@ -251,7 +265,7 @@ def _decode(container: Any, stream: Any, wanted: list[int], count: _Count) -> tu
             if packet.size == 0:
                 break  # end of stream; drained below
             packets += 1
-            if packets > count.packets:  # never past the part counted: the rest is drained below
+            if packets > count.packets or packet.is_corrupt:  # never past the part counted; drained below
                 break
             if take(stream.decode(packet)):
                 return out, decoded, False
@@ -284,7 +298,7 @@ def sample_frames(source: str | Path | bytes, cfg: VideoConfig, n: int | None = 
     with _opened(source, max_pixels) as (container, stream):
         count = _count_frames(container, stream, cfg.max_frames, cfg.max_seconds)
     if count.total == 0:
-        raise VideoError(f"{name}no frames in the video stream")
+        raise VideoError(f"{name}no decodable frames")
     total = count.total
     wanted = uniform_indices(total, n)
     with _opened(source, max_pixels) as (container, stream):
@@ -309,17 +323,17 @@ def sample_frames(source: str | Path | bytes, cfg: VideoConfig, n: int | None = 
 
 def check_video(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why the video file cannot be used, or ``None`` if it can: a supported container that opens, a
-    video stream, and a first frame that decodes. Cheap: one frame is decoded, however long the video."""
+    video stream, and a first frame that decodes (as :func:`sample_frames` would decode it). Cheap: it
+    stops at the first frame, however long the video."""
     try:
         with _opened(path, max_pixels) as (container, stream):
-            for frame in container.decode(stream):
-                frame.to_ndarray(format="rgb24")
-                return None
+            first, _, _ = _decode(container, stream, [0], _Count(packets=_CHECK_PACKETS, start=stream.start_time))
     except VideoError as exc:
         return str(exc).removeprefix(_source_name(path))
-    except _ffmpeg_errors() as exc:
-        return f"cannot decode video: {_reason(exc)}"
-    return "no decodable frames"
+    return None if first.frames else "no decodable frames"
+
+
+_CHECK_PACKETS = 1000  # check_video: a first frame within the first packets, or the file is refused
 
 
 # --------------------------------------------------------------------------- writing

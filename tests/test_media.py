@@ -242,3 +242,51 @@ def test_evaluation_reports_per_video_metrics(tmp_path, detector):
     assert videos["n"] == 6 and len(videos["probs"]) == 6
     saved = json.loads((tmp_path / "out" / f"{split}_video_metrics.json").read_text())
     assert saved["at_threshold"]["roc_auc"] == pytest.approx(videos["metrics"]["roc_auc"])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_demo_videos_train_on_faces_then_predict_evaluate_sample_and_serve(tmp_path, monkeypatch):
+    """The command line end to end on the synthetic video demo: a detector trained on face crops of video frames
+    answers a video with one row, evaluates per frame and per video, samples a video and loads as a pyfunc."""
+    import mlflow
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from deepfake.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    made = runner.invoke(main, ["demo-data", "videos", "--video", "--per-class", "8"])
+    assert made.exit_code == 0, made.output
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    trained = runner.invoke(main, [
+        "train", "--data", "videos", "--faces", "--frames", "3", "--image-size", "32", "--weights", "none",
+        "--epochs", "2", "--fine-tune-epochs", "0", "--set", "model.head_units=[8]", "--tracking-uri", uri,
+        "--output-dir", "out"])
+    assert trained.exit_code == 0, trained.output
+    assert "face crops" in trained.output and "per video" in trained.output
+    meta = json.loads((tmp_path / "out" / "model" / "model.meta.json").read_text())
+    assert meta["faces"]["enabled"] is True and meta["video"]["frames"] == 3
+    clip = sorted((tmp_path / "videos" / "test" / "fake").glob("*.mp4"))[0]
+    predicted = runner.invoke(main, ["predict", "--model", "out/model", str(clip), "--output", "rows.json"])
+    assert predicted.exit_code == 0, predicted.output
+    [row] = json.loads((tmp_path / "rows.json").read_text())
+    assert row["frames"] == 3 and len(row["frame_probabilities"]) == 3 and not row["error"]
+    evaluated = runner.invoke(main, ["evaluate", "--model", "out/model", "--data", "videos", "--tracking-uri", uri,
+                                     "--output-dir", "eval"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "per video" in evaluated.output and (tmp_path / "eval" / "test_video_metrics.json").is_file()
+    sampled = runner.invoke(main, ["sample", "--model", "out/model", "--data", "videos", "--seed", "1",
+                                   "--out", "sample.png"])
+    assert sampled.exit_code == 0 and ".mp4 (3 frames" in sampled.output, sampled.output
+    explained = runner.invoke(main, ["explain", "--model", "out/model", str(clip), "--out", "cam.png"])
+    assert explained.exit_code == 0 and "picture 2 of the 3" in explained.output, explained.output
+    mlflow.set_tracking_uri(uri)
+    run_id = mlflow.search_runs(experiment_names=["deepfake"]).run_id.iloc[-1]
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", model_config={"allow_paths": False})
+    out = served.predict(pd.DataFrame({"image": [base64.b64encode(clip.read_bytes()).decode("ascii")]}))
+    assert out.loc[0, "error"] == "" and out.loc[0, "frames"] == 3
+    assert out.loc[0, "fake_probability"] == pytest.approx(row["fake_probability"], abs=1e-5)

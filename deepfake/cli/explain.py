@@ -16,7 +16,11 @@ from deepfake.cli.app import DEFAULT_MODEL_URI, MODEL_HELP, load_detector, main
               help="Where to save the figure [default: IMAGE_gradcam.png in the working directory].")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI used to resolve models:/ URIs.")
 def explain(image: str, model_ref: str, out_path: str | None, tracking_uri: str | None) -> None:
-    """Save a Grad-CAM heat map over IMAGE next to the model's prediction."""
+    """Save a Grad-CAM heat map over IMAGE next to the model's prediction.
+
+    For a model trained on face crops the heat map covers the face it scores; for a video, its middle sampled
+    frame (or face).
+    """
     from deepfake.errors import DeepfakeError
     from deepfake.explain import grad_cam, save_explanation
 
@@ -25,9 +29,12 @@ def explain(image: str, model_ref: str, out_path: str | None, tracking_uri: str 
         raise DeepfakeError(f"--model {model_ref}: an exported ({predictor.meta.format}) model has no gradients to "
                             "explain; give the Keras model it was exported from")
     try:
-        pixels = predictor.decode(image)
+        pictures = predictor.decode_all(image)  # the image, its face (face-crop model) or a video's frames
     except (ValueError, OSError) as exc:
         raise DeepfakeError(f"{image}: {exc}") from None
+    pixels = pictures[len(pictures) // 2]
+    if len(pictures) > 1:
+        click.echo(f"{image}: explaining picture {len(pictures) // 2 + 1} of the {len(pictures)} it is scored from")
     heat, prob = grad_cam(predictor, pixels)
     label = predictor.label_of(prob)
     out = Path(out_path or f"{Path(image).stem}_gradcam.png")
