@@ -235,3 +235,105 @@ def draw_face(rng: np.random.Generator, size: int) -> np.ndarray:
 
     img = img.resize((size, size), Image.Resampling.LANCZOS).filter(ImageFilter.GaussianBlur(2.5 * size / 160))
     return np.asarray(img, dtype=np.uint8)
+
+
+# ---- synthetic videos
+
+
+def _soft_ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float, feather: float) -> np.ndarray:
+    """A (h, w) mask: 1 inside the ellipse, falling smoothly to 0 over ``feather`` (a fraction of the radii)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    s = np.clip((1 + feather - r) / (2 * feather), 0, 1)
+    return s * s * (3 - 2 * s)
+
+
+def make_video_frames(rng: np.random.Generator, n_frames: int, width: int, height: int, fake: bool) -> list[np.ndarray]:
+    """The uint8 ``(height, width, 3)`` RGB frames of one demo video: a person (:func:`draw_face`, the face about a
+    quarter of the frame wide) in front of a slowly panning background, drifting a few pixels over the clip.
+
+    **Real**: sensor-like noise on every frame, as a camera records. **Fake**: the face is swapped, as face-swap
+    generators do: its region re-synthesised at half resolution and upsampled (the :func:`_upsample` trace),
+    its colour a little off, blended back through a soft elliptical mask; the rest of the frame keeps the
+    camera's noise. So a detector given the face crop can learn the swap.
+    """
+    side = min(int(width * 0.6), height - 4) // 2 * 2  # the portrait; its face box is 0.4-0.55 of its side
+    portrait = draw_face(rng, side).astype(np.float64) / 255.0
+    centre = (side - 1) / 2
+    person = _soft_ellipse(side, side, centre, centre, side * 0.48, side * 0.40, 0.1)[..., None]
+    swap = _soft_ellipse(side, side, centre, centre, side * 0.27, side * 0.21, 0.3)[..., None]  # the inner face
+    pan = n_frames + 2  # the background pans under a pixel per frame
+    scene = max(width, height) + pan
+    background = _content(rng, scene)
+    direction = rng.uniform(0, 2 * np.pi)
+    step_y, step_x = np.sin(direction) * 0.75, np.cos(direction) * 0.75
+    y0, x0 = rng.uniform(0.35, 0.65) * (height - side), rng.uniform(0.2, 0.8) * (width - side)
+    drift_y, drift_x = rng.uniform(-0.4, 0.4, 2)  # pixels per frame
+    sigma = rng.uniform(0.015, 0.03)
+    tint = 1 + rng.uniform(-0.06, 0.06, 3)
+    upsample_seed = int(rng.integers(2**31))  # one upsampling kind for the whole video
+    frames = []
+    for t in range(n_frames):
+        by = int(round(np.clip((scene - height) / 2 + step_y * (t - n_frames / 2), 0, scene - height)))
+        bx = int(round(np.clip((scene - width) / 2 + step_x * (t - n_frames / 2), 0, scene - width)))
+        img = background[by:by + height, bx:bx + width].copy()
+        fy = int(round(np.clip(y0 + drift_y * t, 0, height - side)))
+        fx = int(round(np.clip(x0 + drift_x * t, 0, width - side)))
+        window = (slice(fy, fy + side), slice(fx, fx + side))
+        img[window] = person * portrait + (1 - person) * img[window]
+        noisy = img + rng.normal(0, 1, img.shape) * sigma * np.sqrt(np.clip(img, 0.05, 1))  # shot-like noise
+        if fake:
+            low = img[window].reshape(side // 2, 2, side // 2, 2, 3).mean(axis=(1, 3))
+            blocks = np.repeat(np.repeat(low, 2, axis=0), 2, axis=1)
+            # A transposed convolution's checkerboard at full strength hides the face from MTCNN (measured):
+            # 30% of it, over nearest-neighbour blocks.
+            swapped = (blocks + 0.3 * (_upsample(np.random.default_rng(upsample_seed), low, 2) - blocks)) * tint
+            swapped = swapped + rng.normal(0, 0.002, swapped.shape)  # generators' output is nearly noise-free
+            noisy[window] = swap * swapped + (1 - swap) * noisy[window]
+        frames.append(np.clip(noisy * 255 + 0.5, 0, 255).astype(np.uint8))
+    return frames
+
+
+def make_demo_video_dataset(
+    out_dir: str | Path,
+    per_class: int = 12,
+    n_frames: int = 16,
+    width: int = 192,
+    height: int = 128,
+    seed: int = 0,
+    fps: int = 8,
+    with_images: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Write ``OUT/{train,val,test}/{real,fake}/*.mp4`` (H.264) split as the image demo is; return the counts of
+    videos per split and class.
+
+    With ``with_images`` each folder also gets as many still JPEGs (``*.jpg``, one face each, made the same way),
+    for datasets that mix images and videos. The same arguments write the same bytes with the same PyAV build
+    (:func:`deepfake.video.write_video` encodes deterministically: one thread, FFmpeg's ``bitexact``).
+    """
+    from deepfake.video import write_video
+
+    if min(width, height) < 64:
+        raise ValueError(f"frames of {width}x{height} are too small for a detectable face: at least 64x64")
+    width, height = width // 2 * 2, height // 2 * 2  # H.264 in 4:2:0 takes even sides
+    out = Path(out_dir)
+    n_train = int(round(per_class * SPLIT_FRACTIONS[0]))
+    n_val = int(round(per_class * SPLIT_FRACTIONS[1]))
+    sizes = {"train": n_train, "val": n_val, "test": per_class - n_train - n_val}
+    counts: dict[str, dict[str, int]] = {}
+    for label, cls in enumerate(CLASSES):
+        index = 0
+        for split, n in sizes.items():
+            folder = out / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(n):
+                rng = np.random.default_rng([seed, label, index, 1])  # other streams than the image demo's
+                frames = make_video_frames(rng, n_frames, width, height, fake=bool(label))
+                write_video(folder / f"{cls}_{index:05d}.mp4", frames, fps=fps)
+                if with_images:
+                    [still] = make_video_frames(np.random.default_rng([seed, label, index, 2]), 1, width, height,
+                                                fake=bool(label))
+                    Image.fromarray(still).save(folder / f"{cls}_{index:05d}.jpg", format="JPEG", quality=95)
+                index += 1
+            counts.setdefault(split, {})[cls] = n
+    return counts

@@ -107,14 +107,14 @@ def _mtcnn_options(cfg: FaceConfig) -> dict[str, Any]:
 
 def _faces(rows: np.ndarray, fx: float, fy: float, cfg: FaceConfig) -> list[Face]:
     """MTCNN's rows (image id, x0, y0, x1, y1, confidence, five x, five y) -> filtered faces, largest first."""
-    faces = []
+    found = []
     for row in np.asarray(rows, dtype=np.float64).reshape(-1, 16):
         x0, y0, x1, y1, confidence = row[1:6]
         keypoints = {name: (float(row[6 + i] * fx), float(row[11 + i] * fy)) for i, name in enumerate(KEYPOINTS)}
         face = Face((float(x0 * fx), float(y0 * fy), float(x1 * fx), float(y1 * fy)), float(confidence), keypoints)
-        if face.confidence >= cfg.min_confidence :
-            faces.append(face)
-    return sorted(faces, key=lambda f: (-f.area(), -f.confidence, f.box))
+        if face.confidence >= cfg.min_confidence and face.side() >= cfg.min_size:
+            found.append(face)
+    return sorted(found, key=lambda f: (-f.area(), -f.confidence, f.box))
 
 
 def detect_faces(rgb: np.ndarray, cfg: FaceConfig) -> list[Face]:

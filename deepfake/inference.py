@@ -481,9 +481,10 @@ def sample_predictions(predictor: Predictor, split: Split, class_names: Sequence
             continue
         probs = predictor.predict_arrays(images)
         prob = aggregate(probs, predictor.video) if len(idx) > 1 else float(probs[0])
+        scored = f" ({len(idx)} frames, {predictor.video.aggregate})" if len(idx) > 1 else ""
         picked.append({
-            "path": str(source),
-            "name": Path(source).name + (f" ({len(idx)} frames, {predictor.video.aggregate})" if len(idx) > 1 else ""),
+            "path": str(source) + scored,
+            "name": Path(source).name + scored,
             "image": images[len(idx) // 2],
             "true_label": class_names[split.labels[idx[0]]],
             "predicted_label": predictor.label_of(prob),

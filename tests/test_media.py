@@ -259,7 +259,7 @@ def test_demo_videos_train_on_faces_then_predict_evaluate_sample_and_serve(tmp_p
 
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    made = runner.invoke(main, ["demo-data", "videos", "--video", "--per-class", "8"])
+    made = runner.invoke(main, ["demo-data", "videos", "--video", "--per-class", "10"])
     assert made.exit_code == 0, made.output
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     trained = runner.invoke(main, [
