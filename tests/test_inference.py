@@ -66,7 +66,8 @@ def test_pyfunc_answers_paths_bytes_and_base64_with_per_row_errors(champion, ima
     frame = pd.DataFrame({"image": [str(good), raw, base64.b64encode(raw).decode(), str(images["corrupt"]),
                                     base64.b64encode(images["bomb"].read_bytes()).decode(), "neither/path.jpg"]})
     out = model.predict(frame)
-    assert list(out.columns) == ["fake_probability", "label", "error", "frames", "frame_probabilities"] and len(out) == 6
+    assert list(out.columns) == ["fake_probability", "label", "error", "frames", "frame_probabilities"]
+    assert len(out) == 6
     # The same image as a path, as bytes and as base64 gets the same answer.
     assert out.loc[0, "error"] == out.loc[1, "error"] == out.loc[2, "error"] == ""
     assert out.loc[0, "fake_probability"] == pytest.approx(out.loc[1, "fake_probability"]) == \
