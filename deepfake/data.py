@@ -133,7 +133,7 @@ class DatasetInfo:
             lines.append(f"  class imbalance in train: {ratio:.2f}:1, handled with class weights ({weights})")
         lines.extend(f"  note: {n}" for n in self.notes)
         if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} unreadable file(s):")
+            lines.append(f"  skipped {len(self.skipped)} file(s) (unreadable, or no face or frame in them):")
             lines.extend(f"    {s.path}: {s.reason}" for s in self.skipped[:50])
             if len(self.skipped) > 50:
                 lines.append(f"    ... and {len(self.skipped) - 50} more (see dataset/summary.json)")
@@ -295,7 +295,7 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
     _require_both_classes(splits, names, root, layout == "split")
     info = DatasetInfo(str(root), layout, names, splits, skipped, notes)
     if skipped:
-        log.warning("skipped %d unreadable image(s); see the dataset report", len(skipped))
+        log.warning("skipped %d file(s) that gave no picture; see the dataset report", len(skipped))
     return info
 
 
@@ -347,7 +347,7 @@ def scan_evaluation_dataset(cfg: DataConfig, split: str = "auto", seed: int = 42
     notes.insert(0, f"evaluation only: every image of {where}")
     info = DatasetInfo(str(root), layout, names, chosen, skipped, notes)
     if skipped:
-        log.warning("skipped %d unreadable image(s); see the dataset report", len(skipped))
+        log.warning("skipped %d file(s) that gave no picture; see the dataset report", len(skipped))
     return info, split
 
 
