@@ -242,7 +242,7 @@ def _check_all(paths: list[Path], progress: bool) -> dict[str, str]:
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=len(paths), desc="checking images", unit="img", leave=False)
+            results = tqdm(results, total=len(paths), desc="checking files", unit="file", leave=False)
         for path, reason in zip(paths, results, strict=True):
             if reason:
                 bad[str(path)] = reason
