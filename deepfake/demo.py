@@ -17,6 +17,7 @@ generation trace, as it must on real data.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,22 +118,33 @@ def make_demo_dataset(
 
     The same arguments always write the same bytes.
     """
-    out = Path(out_dir)
+    for folder, cls, label, index in _items(Path(out_dir), per_class, splits):
+        rng = np.random.default_rng([seed, label, index])
+        (folder / f"{cls}_{index:05d}.jpg").write_bytes(make_image(rng, size, fake=bool(label)))
+    return _counts(per_class, splits)
+
+
+def _sizes(per_class: int, splits: tuple[float, float, float]) -> dict[str, int]:
     n_train = int(round(per_class * splits[0]))
     n_val = int(round(per_class * splits[1]))
-    sizes = {"train": n_train, "val": n_val, "test": per_class - n_train - n_val}
-    counts: dict[str, dict[str, int]] = {}
+    return {"train": n_train, "val": n_val, "test": per_class - n_train - n_val}
+
+
+def _counts(per_class: int, splits: tuple[float, float, float]) -> dict[str, dict[str, int]]:
+    return {split: dict.fromkeys(CLASSES, n) for split, n in _sizes(per_class, splits).items()}
+
+
+def _items(out: Path, per_class: int, splits: tuple[float, float, float]) -> Iterator[tuple[Path, str, int, int]]:
+    """``(folder, class name, label, index)`` of every item a demo dataset holds, in writing order (class by class,
+    then split by split; the index runs on over the splits of a class); the folders are created."""
     for label, cls in enumerate(CLASSES):
         index = 0
-        for split, n in sizes.items():
+        for split, n in _sizes(per_class, splits).items():
             folder = out / split / cls
             folder.mkdir(parents=True, exist_ok=True)
             for _ in range(n):
-                rng = np.random.default_rng([seed, label, index])
-                (folder / f"{cls}_{index:05d}.jpg").write_bytes(make_image(rng, size, fake=bool(label)))
+                yield folder, cls, label, index
                 index += 1
-            counts.setdefault(split, {})[cls] = n
-    return counts
 
 
 # ---- synthetic faces
@@ -316,24 +328,12 @@ def make_demo_video_dataset(
     if min(width, height) < 64:
         raise ValueError(f"frames of {width}x{height} are too small for a detectable face: at least 64x64")
     width, height = width // 2 * 2, height // 2 * 2  # H.264 in 4:2:0 takes even sides
-    out = Path(out_dir)
-    n_train = int(round(per_class * SPLIT_FRACTIONS[0]))
-    n_val = int(round(per_class * SPLIT_FRACTIONS[1]))
-    sizes = {"train": n_train, "val": n_val, "test": per_class - n_train - n_val}
-    counts: dict[str, dict[str, int]] = {}
-    for label, cls in enumerate(CLASSES):
-        index = 0
-        for split, n in sizes.items():
-            folder = out / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for _ in range(n):
-                rng = np.random.default_rng([seed, label, index, 1])  # other streams than the image demo's
-                frames = make_video_frames(rng, n_frames, width, height, fake=bool(label))
-                write_video(folder / f"{cls}_{index:05d}.mp4", frames, fps=fps)
-                if with_images:
-                    [still] = make_video_frames(np.random.default_rng([seed, label, index, 2]), 1, width, height,
-                                                fake=bool(label))
-                    Image.fromarray(still).save(folder / f"{cls}_{index:05d}.jpg", format="JPEG", quality=95)
-                index += 1
-            counts.setdefault(split, {})[cls] = n
-    return counts
+    for folder, cls, label, index in _items(Path(out_dir), per_class, SPLIT_FRACTIONS):
+        rng = np.random.default_rng([seed, label, index, 1])  # other streams than the image demo's
+        frames = make_video_frames(rng, n_frames, width, height, fake=bool(label))
+        write_video(folder / f"{cls}_{index:05d}.mp4", frames, fps=fps)
+        if with_images:
+            [still] = make_video_frames(np.random.default_rng([seed, label, index, 2]), 1, width, height,
+                                        fake=bool(label))
+            Image.fromarray(still).save(folder / f"{cls}_{index:05d}.jpg", format="JPEG", quality=95)
+    return _counts(per_class, SPLIT_FRACTIONS)
