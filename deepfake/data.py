@@ -133,7 +133,7 @@ class DatasetInfo:
             lines.append(f"  class imbalance in train: {ratio:.2f}:1, handled with class weights ({weights})")
         lines.extend(f"  note: {n}" for n in self.notes)
         if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} file(s) (unreadable, or no face or frame in them):")
+            lines.append(f"  skipped {len(self.skipped)} unreadable file(s) (or with no face or frame in them):")
             lines.extend(f"    {s.path}: {s.reason}" for s in self.skipped[:50])
             if len(self.skipped) > 50:
                 lines.append(f"    ... and {len(self.skipped) - 50} more (see dataset/summary.json)")
