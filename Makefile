@@ -46,4 +46,4 @@ dashboard: install  ## browse Optuna studies with optuna-dashboard (OPTUNA_STORA
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --port $(DASHBOARD_PORT)
 
 clean:  ## remove generated runs, caches and demo data (keeps .venv and .venv-floor)
-	rm -rf mlruns mlartifacts mlflow.db optuna.db outputs demo_data .cache sample_prediction.png
+	rm -rf mlruns mlartifacts mlflow.db optuna.db outputs demo_data demo_videos .cache sample_prediction.png
