@@ -399,6 +399,27 @@ def _fail_run(run_id: str | None, reason: str) -> None:
         log.warning("could not end MLflow run %s as FAILED yet (%s)", run_id, first_line(exc))
 
 
+def serialise_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction of ``engine`` take the database's write lock when it begins.
+
+    Python's sqlite3 driver begins a transaction only at the first write, so a read-then-write (Optuna
+    claiming a waiting trial: "is it WAITING? then RUNNING") is not atomic: two workers both read WAITING
+    and both run the trial. ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for the pysqlite driver) serialises
+    them; PostgreSQL and MySQL lock the row (``SELECT ... FOR UPDATE``) and need nothing.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are not reused
+
+
 def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | None = None,
                  max_retry: int = 2) -> RetryingStorage:
     """An RDB storage with heartbeats, so trials of killed workers are failed and retried, which rides out
@@ -424,6 +445,8 @@ def make_storage(url: str, heartbeat_interval: int = 30, grace_period: int | Non
                         "connect_args": {"connect_timeout": 10} if scheme.startswith("postgresql") else {},
                     },
                 )
+            if scheme.startswith("sqlite"):
+                serialise_sqlite_transactions(rdb.engine)
             return RetryingStorage(rdb, url, budget=grace_period)
         except Exception as exc:  # noqa: BLE001 - any failure to open the user's --storage is reported in one line
             text = str(exc)

@@ -125,6 +125,29 @@ def test_trial_seeds_depend_on_study_config_seed_and_trial():
     assert a.seed_for(3) != tuning.TrialSeededSampler({"type": "random"}, "other", 42).seed_for(3)
 
 
+def test_a_waiting_trial_is_claimed_by_one_sqlite_worker_only(tmp_path):
+    """Claiming a waiting trial reads its state, then writes RUNNING: on SQLite both must be one transaction,
+    or two workers read WAITING and run the same trial (seen in CI: both workers ran the enqueued baseline)."""
+    import sqlalchemy.exc
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    first, second = tuning.make_storage(url), tuning.make_storage(url)
+    study = optuna.create_study(storage=first, study_name="claim")
+    study.enqueue_trial({"x": 1.0})
+    (trial,) = study.get_trials(deepcopy=False)
+    with first.rdb.engine.connect() as conn, conn.begin():  # the first worker has read WAITING ...
+        state = conn.exec_driver_sql("SELECT state FROM trials WHERE trial_id = ?", (trial._trial_id,)).scalar()
+        assert state == "WAITING"
+        started = time.monotonic()
+        with pytest.raises(optuna.exceptions.StorageInternalError) as refused:  # ... so the second cannot claim it
+            second.rdb.set_trial_state_values(trial._trial_id, RUNNING)
+        assert isinstance(refused.value.__cause__, sqlalchemy.exc.OperationalError), refused.value.__cause__
+        assert "locked" in str(refused.value.__cause__)  # a busy database: RetryingStorage retries it
+        assert time.monotonic() - started >= 1  # it waited for the lock (SQLite's busy timeout) before giving up
+    assert first.rdb.set_trial_state_values(trial._trial_id, RUNNING) is True
+    assert second.rdb.set_trial_state_values(trial._trial_id, RUNNING) is False  # now it sees RUNNING
+
+
 @pytest.mark.slow
 def test_two_workers_and_a_restarted_one_never_repeat_parameters(env):
     """Two workers started together on one study, then a third after they stopped: no parameter set twice."""
