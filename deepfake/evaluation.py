@@ -245,21 +245,22 @@ def robustness_sweep(predictor: Detector, split: Split, out_dir: str | Path,
 # --------------------------------------------------------------------------- per source
 
 
-def read_metadata(csv_path: str | Path, root: str | Path) -> dict[str, str]:
-    """``{absolute image path: source}`` from a CSV with ``path`` and ``source`` columns."""
+def read_metadata(csv_path: str | Path, root: str | Path, column: str = "source") -> dict[str, str]:
+    """``{absolute image path: source}`` from a CSV with ``path`` and ``source`` (or ``column``) columns."""
     csv_path, root = Path(csv_path), Path(root)
     if not csv_path.is_file():
-        raise DeepfakeError(f"--metadata {csv_path}: no such file; give a CSV with columns path, source")
+        raise DeepfakeError(f"--metadata {csv_path}: no such file; give a CSV with columns path, {column}")
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "source"} <= set(reader.fieldnames):
-            raise DeepfakeError(f"--metadata {csv_path}: needs columns 'path' and 'source' (has {reader.fieldnames})")
+        if not reader.fieldnames or not {"path", column} <= set(reader.fieldnames):
+            raise DeepfakeError(f"--metadata {csv_path}: needs columns 'path' and '{column}' "
+                                f"(has {reader.fieldnames})")
         out = {}
         for row in reader:
             p = Path(row["path"])
             for candidate in (p, root / p, csv_path.parent / p):
                 if candidate.exists():
-                    out[str(candidate.resolve())] = row["source"] or "unknown"
+                    out[str(candidate.resolve())] = row[column] or "unknown"
                     break
     return out
 
@@ -299,6 +300,53 @@ def per_source_table(paths: Sequence[str], labels: Sequence[int], probs: np.ndar
     plot = plots.plot_bar([r["source"] for r in rows], [r["accuracy"] for r in rows], out / "per_source.png",
                           title="Accuracy per source", ylabel="accuracy")
     return {"rows": rows, "files": [str(out / "per_source.csv"), str(plot)]}
+
+
+CROSS_COLUMNS = ["dataset", "source", "n", "n_fake", "roc_auc", "average_precision", "accuracy"]
+ALL_SOURCES = "(all)"
+
+
+def _score_row(dataset: str, source: str, y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    both = len(set(y.tolist())) == 2
+    m = MET.compute_metrics(y, p, threshold) if both else {}
+    return {"dataset": dataset, "source": source, "n": int(len(y)), "n_fake": int(y.sum()),
+            "roc_auc": m.get("roc_auc", float("nan")), "average_precision": m.get("average_precision", float("nan")),
+            "accuracy": float(((p >= threshold) == y.astype(bool)).mean()) if len(y) else float("nan")}
+
+
+def cross_dataset_rows(dataset: str, labels: Sequence[int], probs: ArrayLike, threshold: float,
+                       sources: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row for the dataset (n, ROC-AUC, AP, accuracy at the model's ``threshold``) and, when ``sources``
+    names the source of every picture, one per source. A source of fakes only (a generator) is scored against
+    every real picture of the dataset, as in the CNNDetection / UniversalFakeDetect tables; its accuracy is on
+    its own pictures."""
+    y, p = np.asarray(labels, dtype=int), np.asarray(probs, dtype="float64").reshape(-1)
+    rows = [_score_row(dataset, ALL_SOURCES, y, p, threshold)]
+    if sources is None:
+        return rows
+    keys = np.asarray(list(sources), dtype=object)
+    reals = y == 0
+    for source in sorted(set(keys.tolist())):
+        mask = keys == source
+        row = _score_row(dataset, source, y[mask], p[mask], threshold)
+        if y[mask].all() and reals.any():  # fakes only: ranked against all reals
+            both = mask | reals
+            m = MET.compute_metrics(y[both], p[both], threshold)
+            row.update(roc_auc=m["roc_auc"], average_precision=m["average_precision"])
+        rows.append(row)
+    return rows
+
+
+def cross_dataset_table(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """``cross_dataset.csv`` and a bar chart of ROC-AUC per dataset (and source)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(rows, out / "cross_dataset.csv")
+    labels = [r["dataset"] if r["source"] == ALL_SOURCES else f"{r['dataset']}: {r['source']}" for r in rows]
+    plot = plots.plot_bar(labels, [0.0 if math.isnan(r["roc_auc"]) else r["roc_auc"] for r in rows],
+                          out / "cross_dataset.png", title="ROC-AUC per dataset and source", ylabel="ROC-AUC",
+                          reference=0.5)
+    return {"rows": rows, "files": [str(out / "cross_dataset.csv"), str(plot)]}
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

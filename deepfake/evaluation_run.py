@@ -8,7 +8,9 @@ are written to the output folder and logged with the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ from deepfake import data as D
 from deepfake import evaluation as E
 from deepfake import tracking
 from deepfake.config import Config
+from deepfake.errors import DeepfakeError
 from deepfake.inference import load_predictor
 from deepfake.report import build_report
 
 SOURCE_COLUMNS = ["source", "n", "accuracy", "roc_auc", "flagged_fake"]
+METADATA_FILE = "metadata.csv"  # a dataset's own path,source table, used by cross-dataset runs when present
 ROBUSTNESS_COLUMNS = ["perturbation", "roc_auc", "accuracy", "average_precision", "eer"]
 
 
@@ -72,3 +76,63 @@ def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Pat
         tracking.log_artifacts([out], "evaluation")
         echo(f"MLflow run {mlrun.info.run_id}")
     return result | {"run_id": mlrun.info.run_id, "split": split}
+
+
+def dataset_names(paths: Sequence[str]) -> list[str]:
+    """Short unique names for datasets: their folder names, numbered when two are alike."""
+    names = [Path(p).resolve().name or "dataset" for p in paths]
+    return [f"{n}-{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def run_many(cfg: Config, model_ref: str, datasets: Sequence[str], *, split: str = "auto",
+             metadata: Sequence[str | Path] = (), out_dir: str | Path = "outputs/evaluate",
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Cross-dataset evaluation: ``model_ref`` on each dataset (whole when it is evaluation-only, else its test
+    split), one MLflow run, one table: a row per dataset and, where its metadata names sources, per source
+    (n, ROC-AUC, AP, accuracy at the model's threshold), with a bar chart of ROC-AUC.
+
+    ``metadata`` gives one ``path,source`` CSV per dataset, in order; without it a dataset's own
+    ``metadata.csv`` is used when it has those columns."""
+    out = Path(out_dir)
+    tags = {"model_uri": model_ref, "deepfake.role": "cross-evaluation"}
+    if model_ref.startswith("models:/"):
+        tags["registered_model"] = model_ref[len("models:/"):]
+    if metadata and len(metadata) != len(datasets):
+        raise DeepfakeError(f"--metadata: give one CSV per --data ({len(datasets)}), or none to use each "
+                              f"dataset's own {METADATA_FILE}")
+    predictor = load_predictor(tracking.local_model(model_ref))
+    threshold = predictor.meta.threshold
+    names = dataset_names(datasets)
+    rows: list[dict[str, Any]] = []
+    with tracking.start_run(f"evaluate-{len(datasets)}-datasets", tags=tags) as mlrun:
+        tracking.log_params({"evaluated_split": split, "datasets": ", ".join(names)})
+        for i, (name, data) in enumerate(zip(names, datasets, strict=True)):
+            dcfg = dataclasses.replace(cfg.data, path=data, class_names=predictor.meta.class_names,
+                                       faces=predictor.faces, video=predictor.video)
+            info, used = D.scan_evaluation_dataset(dcfg, split=split, seed=cfg.train.seed)
+            target = info.splits[used]
+            echo(f"[{name}] {len(target)} pictures of {data} ({used})")
+            tracking.log_dataset(info, evaluated=used, name=name)
+            result = E.evaluate_predictor(predictor, info, out / name, split=used, model_ref=model_ref, echo=echo)
+            sources = None
+            table = Path(metadata[i]) if metadata else Path(data) / METADATA_FILE
+            if table.is_file():
+                try:
+                    by_path = E.read_metadata(table, data)
+                except DeepfakeError as exc:
+                    if metadata:
+                        raise
+                    echo(f"[{name}] {table} not used: {exc}")
+                else:
+                    sources = [by_path.get(str(Path(g).resolve()), "unknown") for g in target.group_ids()]
+            rows += E.cross_dataset_rows(name, target.labels, result["probs"], threshold, sources)
+        table = E.cross_dataset_table(rows, out)
+        for row in rows:
+            key = row["dataset"] if row["source"] == E.ALL_SOURCES else f"{row['dataset']}.{row['source']}"
+            key = re.sub(r"[^\w\-. /]", "_", key)  # the characters MLflow allows in a metric name
+            tracking.log_metrics({f"cross.{key}.{m}": row[m] for m in ("roc_auc", "average_precision", "accuracy")})
+        echo(f"\nCross-dataset (threshold {threshold:.3f}, stored with the model):\n"
+             + E.format_table(rows, E.CROSS_COLUMNS))
+        tracking.log_artifacts([out], "evaluation")
+        echo(f"MLflow run {mlrun.info.run_id}")
+    return {"rows": rows, "files": table["files"], "run_id": mlrun.info.run_id}

@@ -199,10 +199,13 @@ def plot_metric_curves(table: Sequence[dict[str, Any]], x: str, ys: Sequence[str
 
 
 def plot_bar(labels: Sequence[str], values: Sequence[float], path: str | Path, title: str = "",
-             ylabel: str = "") -> Path:
+             ylabel: str = "", reference: float | None = None) -> Path:
+    """Bars with their values; ``reference`` draws a dashed line (0.5: chance for ROC-AUC)."""
     fig, axes = _figure(max(4.5, 0.8 * len(labels) + 2), 4.2)
     ax = axes[0][0]
     bars = ax.bar(range(len(labels)), values, color="tab:blue", edgecolor="black")
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
     for bar, value in zip(bars, values, strict=True):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center", va="bottom",
                 fontsize=8)

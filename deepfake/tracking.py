@@ -393,25 +393,29 @@ def split_dataset(info: DatasetInfo, split: str) -> PandasDataset:
                                        name=f"{Path(info.root).name}-{split}")
 
 
-def log_dataset(info: DatasetInfo, evaluated: str | None = None) -> None:
+def log_dataset(info: DatasetInfo, evaluated: str | None = None, name: str | None = None) -> None:
     """Dataset summary (counts per split and class, skipped files) as JSON, text and params, and each split
     as an MLflow dataset input (:func:`split_dataset`) with the context training, validation or testing, so
     that the run shows its data lineage. An evaluation run names the split it ``evaluated``: that one is its
-    only input, with the context ``evaluation``."""
-    for name in info.splits if evaluated is None else [evaluated]:
+    only input, with the context ``evaluation``. A run evaluating several datasets gives each a ``name``: its
+    files go below ``dataset/NAME/``, its metrics are ``dataset.NAME.*`` and its root the param
+    ``dataset.NAME.root``."""
+    for split_name in info.splits if evaluated is None else [evaluated]:
         with _dataset_warnings_silenced():
-            mlflow.log_input(split_dataset(info, name),
-                             context="evaluation" if evaluated else SPLIT_CONTEXTS.get(name, name))
+            mlflow.log_input(split_dataset(info, split_name),
+                             context="evaluation" if evaluated else SPLIT_CONTEXTS.get(split_name, split_name))
+    folder = f"dataset/{name}" if name else "dataset"
+    key = f"dataset.{name}" if name else "dataset"
     summary = info.summary()
-    mlflow.log_dict(summary, "dataset/summary.json")
-    mlflow.log_text(info.report(), "dataset/report.txt")
+    mlflow.log_dict(summary, f"{folder}/summary.json")
+    mlflow.log_text(info.report(), f"{folder}/report.txt")
     if info.leaks:
-        mlflow.log_dict({"duplicates_across_splits": [vars(leak) for leak in info.leaks]}, "dataset/leakage.json")
-    mlflow.log_params({"dataset.root": str(info.root), "dataset.layout": info.layout})
-    metrics = {"dataset.n_skipped": len(info.skipped)}
+        mlflow.log_dict({"duplicates_across_splits": [vars(leak) for leak in info.leaks]}, f"{folder}/leakage.json")
+    mlflow.log_params({f"{key}.root": str(info.root), f"{key}.layout": info.layout})
+    metrics = {f"{key}.n_skipped": len(info.skipped)}
     for split_name, split in info.splits.items():
         for class_name, n in split.counts(info.class_names).items():
-            metrics[f"dataset.{split_name}.{class_name}"] = n
+            metrics[f"{key}.{split_name}.{class_name}"] = n
     mlflow.log_metrics(metrics)
 
 

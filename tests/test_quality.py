@@ -190,3 +190,57 @@ def test_evaluate_cli_with_metadata_robustness_and_report(detector_dir, tiny_spl
     assert "data:image/png;base64," in out.read_text()
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
     assert "report/r.html" in arts
+
+
+def test_cross_dataset_rows_by_hand():
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    probs = [0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.25, 0.05]
+    sources = ["camera"] * 4 + ["gan", "gan", "diffusion", "diffusion"]
+    rows = E.cross_dataset_rows("set", labels, probs, 0.5, sources)
+    by = {r["source"]: r for r in rows}
+    assert [r["source"] for r in rows] == ["(all)", "camera", "diffusion", "gan"]
+    assert by["(all)"]["n"] == 8 and by["(all)"]["n_fake"] == 4
+    assert by["(all)"]["roc_auc"] == pytest.approx(0.5)  # 8 of 16 (fake, real) pairs ranked right
+    assert by["(all)"]["accuracy"] == pytest.approx(5 / 8)
+    # A generator's fakes are ranked against every real: gan beats 3 of 4 reals twice -> 6/8.
+    assert by["gan"]["roc_auc"] == pytest.approx(0.75) and by["gan"]["accuracy"] == 1.0
+    assert by["diffusion"]["roc_auc"] == pytest.approx(2 / 8) and by["diffusion"]["accuracy"] == 0.0
+    assert np.isnan(by["camera"]["roc_auc"]) and by["camera"]["accuracy"] == pytest.approx(0.75)
+    assert 0 < by["gan"]["average_precision"] <= 1
+    assert E.cross_dataset_rows("set", labels, probs, 0.5) == rows[:1]  # no sources: the dataset's row only
+
+
+def test_evaluate_cli_on_several_datasets_prints_one_table_and_logs_one_run(detector_dir, tiny_split_dataset,
+                                                                           tiny_unsplit_dataset, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_unsplit_dataset, other)
+    with (other / "metadata.csv").open("w") as f:  # the dataset's own metadata: a per-source row for each source
+        f.write("path,source\n")
+        for i, p in enumerate(sorted(other.rglob("*.jpg"))):
+            f.write(f"{p.relative_to(other)},{'camera' if '/real/' in str(p) else f'gan-{i % 2}'}\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(tiny_split_dataset),
+                                       "--data", str(other), "--output-dir", str(tmp_path / "ev"),
+                                       "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    table = result.output.split("Cross-dataset")[1].splitlines()
+    assert table[1].split() == E.CROSS_COLUMNS
+    rows = [line.split() for line in table[2:] if line.strip() and not line.startswith("MLflow")]
+    assert [r[:2] for r in rows] == [[tiny_split_dataset.name, "(all)"], ["other", "(all)"], ["other", "camera"],
+                                     ["other", "gan-0"], ["other", "gan-1"]]
+    assert rows[0][2] == "4" and rows[1][2] == "40"  # the test split of a training set; the other whole
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["deepfake-evaluation"], output_format="list")
+    assert run.data.tags["deepfake.role"] == "cross-evaluation"
+    assert {f"cross.other.roc_auc", "cross.other.camera.accuracy", f"cross.{tiny_split_dataset.name}.roc_auc",
+            f"dataset.other.all.real"} <= set(run.data.metrics)
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/cross_dataset.csv", "evaluation/cross_dataset.png", "evaluation/other"} <= arts
+    csv_rows = list(csv.DictReader((tmp_path / "ev" / "cross_dataset.csv").open()))
+    assert len(csv_rows) == 5 and csv_rows[1]["n"] == "40"
+    # --robustness is for one dataset: one line, exit 2.
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(other), "--data",
+                                    str(other), "--robustness", "--tracking-uri", uri])
+    assert bad.exit_code == 2 and "--robustness takes one --data" in bad.output

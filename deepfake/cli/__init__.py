@@ -2,6 +2,7 @@
 :data:`main` when imported (``deepfake demo-data`` in ``demo_data.py``, and so on)."""
 
 from deepfake.cli import (  # noqa: F401,E402  (each module registers its command)
+    crossval,
     demo_data,
     evaluate,
     explain,

@@ -1,0 +1,149 @@
+"""Leave-one-source-out cross-validation (``deepfake crossval``): the field's protocol for unseen generators.
+
+For every source of fakes (a generator, a manipulation method: a column of the dataset's metadata CSV) one
+detector is trained without that source's fakes (training and validation splits) and scored on that source's
+fakes, from every split since none was seen, against the test split's real images, as in the CNNDetection,
+UniversalFakeDetect and NPR tables. One parent MLflow run holds a nested run per held-out source and the
+table (ROC-AUC, AP, accuracy at each detector's threshold) with a bar chart.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfake import data as D
+from deepfake import evaluation as E
+from deepfake import pipeline, plots, tracking
+from deepfake.config import Config
+from deepfake.errors import DeepfakeError
+
+COLUMNS = ["held_out", "n_fake", "n_real", "roc_auc", "average_precision", "accuracy", "in_domain_roc_auc"]
+METADATA_FILE = "metadata.csv"
+
+
+def source_of(info: D.DatasetInfo, table: dict[str, str]) -> dict[str, str]:
+    """The source of every picture of ``info`` (by its source file: a video's frames share it)."""
+    out = {}
+    for split in info.splits.values():
+        for picture, group in zip(split.paths, split.group_ids(), strict=True):
+            out[picture] = table.get(str(Path(group).resolve()), "unknown")
+    return out
+
+
+def fake_sources(info: D.DatasetInfo, sources: dict[str, str]) -> list[str]:
+    """The sources of fake pictures, sorted."""
+    return sorted({sources[p] for split in info.splits.values()
+                   for p, y in zip(split.paths, split.labels, strict=True) if y == 1})
+
+
+def fold(info: D.DatasetInfo, sources: dict[str, str], held_out: str) -> D.DatasetInfo:
+    """``info`` without ``held_out``'s fakes in train and val; its test split: the test reals and every fake of
+    ``held_out`` (from any split, as none was trained on)."""
+    def held(split: D.Split) -> list[int]:
+        return [i for i, (p, y) in enumerate(zip(split.paths, split.labels, strict=True))
+                if y == 1 and sources[p] == held_out]
+
+    splits = {name: split.subset(sorted(set(range(len(split))) - set(held(split))))
+              for name, split in info.splits.items() if name != "test"}
+    test = info.splits["test"]
+    pieces = [test.subset([i for i, y in enumerate(test.labels) if y == 0]),
+              *(split.subset(held(split)) for split in info.splits.values())]
+    splits["test"] = D.Split([p for s in pieces for p in s.paths], [y for s in pieces for y in s.labels],
+                             [g for s in pieces for g in s.group_ids()] if test.groups else [])
+    return D.DatasetInfo(root=info.root, layout=info.layout, class_names=list(info.class_names), splits=splits,
+                         notes=[*info.notes, f"leave-one-source-out: fakes of {held_out!r} held out of training"],
+                         synthetic_fraction=info.synthetic_fraction)
+
+
+def in_domain_test(info: D.DatasetInfo, sources: dict[str, str], held_out: str) -> D.Split:
+    """The original test split without ``held_out``'s fakes: the sources the fold's detector trained on."""
+    test = info.splits["test"]
+    return test.subset([i for i, (p, y) in enumerate(zip(test.paths, test.labels, strict=True))
+                        if y == 0 or sources[p] != held_out])
+
+
+def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
+        only: Sequence[str] = (), echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Leave each fake source of ``cfg.data.path`` out in turn (``only``: just these); see the module's docstring."""
+    root = Path(cfg.data.path)
+    table_path = Path(metadata) if metadata else root / METADATA_FILE
+    if not table_path.is_file():
+        raise DeepfakeError(f"--metadata {table_path}: no such file; crossval needs a CSV with columns path,{by} "
+                            f"(give --metadata, or put {METADATA_FILE} in the dataset folder)")
+    info = pipeline.prepare_dataset(cfg, echo)
+    if "test" not in info.splits:
+        raise DeepfakeError(f"--data {root}: crossval needs a test split")
+    sources = source_of(info, E.read_metadata(table_path, root, column=by))
+    held = fake_sources(info, sources)
+    if only:
+        missing = sorted(set(only) - set(held))
+        if missing:
+            raise DeepfakeError(f"--source {', '.join(missing)}: no fakes with that {by}; the dataset has "
+                                + ", ".join(held))
+        held = [s for s in held if s in only]
+    if len(fake_sources(info, sources)) < 2:
+        raise DeepfakeError(f"--by {by}: the fakes of {root} have {len(held)} {by}(s); leaving one out needs two")
+    echo(f"Leave-one-{by}-out on {root}: {len(held)} folds ({', '.join(held)})")
+
+    out = Path(cfg.train.output_dir) / f"crossval-{by}"
+    name = f"crossval-{root.resolve().name}-by-{by}"
+    with tracking.start_run(name, tags={"deepfake.role": "crossval", "crossval.by": by}) as parent:
+        parent_id = parent.info.run_id
+        tracking.log_config(cfg)
+        tracking.log_dataset(info)
+        tracking.log_params({"crossval.by": by, "crossval.folds": len(held), "crossval.held_out": ", ".join(held)})
+    rows = []
+    for i, source in enumerate(held, 1):
+        echo(f"\n=== fold {i}/{len(held)}: without {by} {source!r} ===")
+        fcfg = copy.deepcopy(cfg)
+        fcfg.train.output_dir = str(out / _slug(source))
+        fcfg.data.leakage_check = fcfg.data.audit = False  # done once above, on the whole dataset
+        result = pipeline.run(fcfg, dataset=fold(info, sources, source), parent_run_id=parent_id,
+                              run_name=f"without-{_slug(source)}", tags={"crossval.held_out": source}, echo=echo)
+        test = result.dataset.splits["test"]
+        m = result.test_metrics
+        row = {"held_out": source, "n_fake": int(np.sum(test.labels)), "n_real": int(len(test) - np.sum(test.labels)),
+               "roc_auc": m["roc_auc"], "average_precision": m["average_precision"], "accuracy": m["accuracy"],
+               "in_domain_roc_auc": _in_domain(result, in_domain_test(info, sources, source), fcfg)}
+        rows.append(row)
+        echo(f"[{source}] held out: ROC-AUC {row['roc_auc']:.4f}, AP {row['average_precision']:.4f}; "
+             f"in domain {row['in_domain_roc_auc']:.4f}")
+    mean = {"held_out": "mean", "n_fake": sum(r["n_fake"] for r in rows), "n_real": rows[0]["n_real"]}
+    for key in ("roc_auc", "average_precision", "accuracy", "in_domain_roc_auc"):
+        values = [r[key] for r in rows if not math.isnan(r[key])]
+        mean[key] = float(np.mean(values)) if values else float("nan")
+    rows.append(mean)
+    out.mkdir(parents=True, exist_ok=True)
+    E._write_csv(rows, out / "crossval.csv")
+    plot = plots.plot_bar([r["held_out"] for r in rows], [r["roc_auc"] for r in rows], out / "crossval.png",
+                          title=f"ROC-AUC on each held-out {by} (vs test reals)", ylabel="ROC-AUC", reference=0.5)
+    text = E.format_table(rows, COLUMNS)
+    with tracking.start_run(run_id=parent_id):
+        for r in rows:
+            tracking.log_metrics({f"held_out.{_slug(r['held_out'])}.roc_auc": r["roc_auc"],
+                                  f"held_out.{_slug(r['held_out'])}.average_precision": r["average_precision"]})
+        tracking.log_metrics({"mean_held_out_roc_auc": mean["roc_auc"]})
+        tracking.log_artifacts([out / "crossval.csv", plot], "crossval")
+    echo(f"\nLeave-one-{by}-out (each detector's threshold chosen on its validation split):\n{text}")
+    echo(f"MLflow run {parent_id}")
+    return {"rows": rows, "run_id": parent_id, "files": [str(out / "crossval.csv"), str(plot)]}
+
+
+def _in_domain(result: pipeline.RunResult, split: D.Split, cfg: Config) -> float:
+    """The fold detector's ROC-AUC on the test pictures of the sources it trained on."""
+    from deepfake.inference import load_predictor
+
+    if len(set(split.labels)) < 2:
+        return float("nan")
+    probs = load_predictor(result.model_dir).predict_split(split)
+    return E.cross_dataset_rows("", split.labels, probs, 0.5)[0]["roc_auc"]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
