@@ -35,6 +35,19 @@ class AugmentConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """Self-made training fakes (deepfake/synthetic.py), made on the fly from the training split's real images.
+
+    Each real training image gives its real sample and, with probability ``fraction``, a fake of the same
+    content (label 1), new every epoch and seeded: so a training split may hold real images only.
+    """
+
+    kind: str = "none"  # none | sbi (self-blended images) | resynth (down/upsampled) | both (either, per fake)
+    fraction: float = 0.5  # probability that a real training image also gives a synthetic fake in an epoch
+    landmarks: bool = True  # sbi masks from MTCNN face keypoints (found once, cached) where found, else ellipses
+
+
+@dataclass
 class FaceConfig:
     """Face crops (off by default): find faces, crop each square with a margin, give the crop to the model.
 
@@ -72,7 +85,12 @@ class DataConfig:
     batch_size: int = 32
     num_parallel_calls: int = -1  # tf.data parallelism; -1 = AUTOTUNE
     cache: str = "auto"  # decoded-image cache: auto | memory | disk | none
+    # resize: every image resized to image_size; crop: image_size crops at the image's own resolution (random in
+    # training, the mean over a grid of up to test_crops x test_crops crops at evaluation and inference)
+    fit: str = "resize"
+    test_crops: int = 3  # fit: crop: at most this many crops per side at evaluation and inference
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic_fakes: SyntheticConfig = field(default_factory=SyntheticConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     media_cache_dir: str = ".cache/media"  # face crops and video frames, decoded once per file and settings
@@ -80,6 +98,8 @@ class DataConfig:
     leakage_check: bool = True  # find exact/near-duplicate images across splits before training
     audit: bool = True  # compare classes on format, size, JPEG quality, EXIF before training
     audit_threshold: float = 0.8  # one-feature ROC-AUC at which a property counts as a shortcut
+    content_check: bool = True  # audit: do blurred 32 px images (content alone) separate the classes?
+    content_check_images: int = 300  # images per class the content check samples (seeded, from all splits)
     near_duplicate_distance: int = 4  # perceptual-hash Hamming distance counted as a near duplicate
     dedupe: bool = False  # remove duplicates from the later split (val/test)
 
@@ -92,7 +112,7 @@ class ModelConfig:
     pooling: str = "avg"  # avg | max
     head_units: list[int] = field(default_factory=lambda: [256])  # hidden dense layers
     dropout: float = 0.3
-    representation: str = "rgb"  # rgb | npr (neighbouring-pixel residual)
+    representation: str = "rgb"  # rgb | npr (neighbouring-pixel residual) | highpass (image minus its blur)
 
 
 @dataclass
@@ -344,12 +364,22 @@ def validate(cfg: Config) -> None:
         bad("data.batch_size", "must be at least 1")
     if d.cache not in ("auto", "memory", "disk", "none"):
         bad("data.cache", "must be one of auto, memory, disk, none")
+    if d.fit not in ("resize", "crop"):
+        bad("data.fit", f"must be resize or crop, got {d.fit!r}")
+    if not 1 <= d.test_crops <= 8:
+        bad("data.test_crops", "must be between 1 and 8 (crops per side at evaluation and inference)")
     a = d.augment
     for name in ("blur_prob", "jpeg_prob"):
         if not 0 <= getattr(a, name) <= 1:
             bad(f"data.augment.{name}", "must be a probability in [0, 1]")
     if not 1 <= a.jpeg_quality_min <= 100:
         bad("data.augment.jpeg_quality_min", "must be in [1, 100]")
+    sf = d.synthetic_fakes
+    if sf.kind not in ("none", "sbi", "resynth", "both"):
+        bad("data.synthetic_fakes.kind", f"must be one of none, sbi, resynth, both, got {sf.kind!r}")
+    if not 0 < sf.fraction <= 1:
+        bad("data.synthetic_fakes.fraction", f"must be in (0, 1] (the share of real images that also give a fake), "
+                                             f"got {sf.fraction}")
     f, v = d.faces, d.video
     if f.detector != "mtcnn":
         bad("data.faces.detector", f"must be mtcnn, got {f.detector!r}")
@@ -371,14 +401,16 @@ def validate(cfg: Config) -> None:
         bad("data.video.max_seconds/max_frames/max_bytes", "must be positive")
     if not 0.5 < d.audit_threshold <= 1:
         bad("data.audit_threshold", "must be a ROC-AUC in (0.5, 1], e.g. 0.8")
+    if d.content_check_images < 20:
+        bad("data.content_check_images", "must be at least 20 (images per class; fewer make the ROC-AUC noise)")
     if m.pooling not in ("avg", "max"):
         bad("model.pooling", "must be avg or max")
     if not 0 <= m.dropout < 1:
         bad("model.dropout", "must be in [0, 1)")
     if any(u < 1 for u in m.head_units):
         bad("model.head_units", "must be positive layer widths, e.g. 256 or 512,128")
-    if m.representation not in ("rgb", "npr"):
-        bad("model.representation", "must be rgb or npr")
+    if m.representation not in ("rgb", "npr", "highpass"):
+        bad("model.representation", "must be rgb, npr or highpass")
     if t.epochs < 0 or t.fine_tune_epochs < 0:
         bad("train.epochs/fine_tune_epochs", "must be zero or more")
     if t.epochs + t.fine_tune_epochs < 1:

@@ -86,6 +86,7 @@ class DatasetInfo:
     notes: list[str] = field(default_factory=list)
     leaks: list = field(default_factory=list)  # deepfake.leakage.Leak, filled by the leakage check
     audit: object | None = None  # deepfake.audit.AuditResult, filled by the dataset audit
+    synthetic_fraction: float = 0.0  # data.synthetic_fakes: each real training image also gives a fake this often
 
     def summary(self) -> dict:
         counts = {name: split.counts(self.class_names) for name, split in self.splits.items()}
@@ -107,16 +108,14 @@ class DatasetInfo:
             "notes": list(self.notes),
         }
 
-    def class_weights(self) -> dict[int, float]:
-        """'Balanced' weights from the training split: n / (2 * n_class); none without one (evaluation)."""
-        from sklearn.utils.class_weight import compute_class_weight
-
+    def class_weights(self, synthetic_fraction: float | None = None) -> dict[int, float]:
+        """'Balanced' weights from the training split: n / (2 * n_class), the synthetic fakes an epoch is
+        expected to add counted (:func:`balanced_class_weights`; ``synthetic_fraction`` overrides the scan's, 0
+        without synthetic fakes); none without a training split (evaluation)."""
         if "train" not in self.splits:
             return {}
-        labels = np.asarray(self.splits["train"].labels, dtype=int)
-        classes = np.arange(len(self.class_names))
-        weights = compute_class_weight("balanced", classes=classes, y=labels)
-        return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+        fraction = self.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
+        return balanced_class_weights(self.splits["train"].labels, len(self.class_names), fraction)
 
     def report(self) -> str:
         width = max(len(n) for n in self.class_names)
@@ -200,10 +199,28 @@ def _layout_error(root: Path, class_names: Sequence[str]) -> DeepfakeError:
     )
 
 
-def _collect(folder: Path, class_names: Sequence[str], where: str) -> tuple[list[Path], list[int]]:
+def balanced_class_weights(labels: Sequence[int], n_classes: int = 2, synthetic_fraction: float = 0.0
+                           ) -> dict[int, float]:
+    """'Balanced' class weights n / (n_classes * n_class) (scikit-learn's), where each real (label 0) image also
+    gives ``synthetic_fraction`` of a synthetic fake (label 1) per epoch (``data.synthetic_fakes``). With a class
+    that has no samples there is nothing to balance: every weight is 1."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes).astype(float)
+    if n_classes >= 2:
+        counts[1] += counts[0] * synthetic_fraction
+    if (counts == 0).any():
+        return dict.fromkeys(range(n_classes), 1.0)
+    total = counts.sum()
+    return {int(c): float(total / (n_classes * n)) for c, n in enumerate(counts)}
+
+
+def _collect(folder: Path, class_names: Sequence[str], where: str,
+             optional: Sequence[int] = ()) -> tuple[list[Path], list[int]]:
+    """The files of each class folder and their labels; the classes in ``optional`` may be missing or empty."""
     paths, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = folder / name
+        if label in optional and not (class_dir.is_dir() and list_images(class_dir)):
+            continue
         if not class_dir.is_dir():
             raise DeepfakeError(
                 f"{class_dir} is missing: every {where} needs one folder per class ({', '.join(class_names)})"
@@ -254,12 +271,14 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
     root = _dataset_root(cfg)
     names = list(cfg.class_names)
     notes: list[str] = []
+    synthetic = cfg.synthetic_fakes.kind != "none"  # train/ may hold real images only
     if (root / "train").is_dir():
         layout = "split"
         raw: dict[str, tuple[list, list]] = {}
         for split in SPLITS:
             if (root / split).is_dir():
-                raw[split] = _collect(root / split, names, f"split folder {root / split}")
+                raw[split] = _collect(root / split, names, f"split folder {root / split}",
+                                      optional=(1,) if synthetic and split == "train" else ())
         if "test" not in raw:
             raise DeepfakeError(f"{root / 'test'} is missing: a split dataset needs train/, test/ "
                                 "(and optionally val/)")
@@ -286,14 +305,18 @@ def scan_dataset(cfg: DataConfig, seed: int = 42, check_images: bool = True, pro
     else:
         parts = dict(raw)
         if "val" not in parts:
+            if 1 not in parts["train"][1]:
+                raise DeepfakeError(f"{root / 'val'} is missing: a train/ of real images only (data.synthetic_fakes) "
+                                    f"needs a val/ folder with both {names[0]}/ and {names[1]}/ images")
             train, val = _stratified_split(*parts["train"], cfg.val_fraction, seed, "validation", root / "train")
             parts["train"], parts["val"] = train, val
             notes.append(f"no val/ folder: {cfg.val_fraction:.0%} of train/ held out for validation (seed {seed})")
 
     splits = {name: Split(list(parts[name][0]), [int(y) for y in parts[name][1]]) for name in SPLITS}
     splits = _pictures(splits, cfg, skipped, notes, progress)  # after the split: a video's frames stay together
-    _require_both_classes(splits, names, root, layout == "split")
-    info = DatasetInfo(str(root), layout, names, splits, skipped, notes)
+    _require_both_classes(splits, names, root, layout == "split", real_only_train=synthetic)
+    info = DatasetInfo(str(root), layout, names, splits, skipped, notes,
+                       synthetic_fraction=cfg.synthetic_fakes.fraction if synthetic else 0.0)
     if skipped:
         log.warning("skipped %d file(s) that gave no picture; see the dataset report", len(skipped))
     return info
@@ -391,11 +414,15 @@ def _check_collected(raw: dict[str, tuple[list, list]], check_images: bool, prog
     return {k: ([str(p) for p in v[0]], list(v[1])) for k, v in raw.items()}, skipped
 
 
-def _require_both_classes(splits: dict[str, Split], names: Sequence[str], root: Path, in_folders: bool) -> None:
-    """Every split needs both classes; ``in_folders``: each split is the folder ``root/<split>``."""
+def _require_both_classes(splits: dict[str, Split], names: Sequence[str], root: Path, in_folders: bool,
+                          real_only_train: bool = False) -> None:
+    """Every split needs both classes; ``in_folders``: each split is the folder ``root/<split>``.
+    ``real_only_train`` (``data.synthetic_fakes`` on): the train split may lack fakes, but needs real images."""
     for name, split in splits.items():
         counts = split.counts(names)
         missing = [n for n, c in counts.items() if c == 0]
+        if real_only_train and name == "train" and missing == [names[1]]:
+            continue
         if missing:
             where = root / name if in_folders else root
             raise DeepfakeError(

@@ -85,8 +85,12 @@ def read_error(path: str | Path, exc: OSError) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image(contents: bytes | tf.Tensor, image_size: int) -> tf.Tensor:
+def decode_image(contents: bytes | tf.Tensor, image_size: int, fit: str = "resize") -> tf.Tensor:
     """Encoded bytes (JPEG/PNG/BMP/GIF by TensorFlow, WebP/TIFF by Pillow) -> float32 ``(S, S, 3)`` RGB in 0..255.
+
+    ``fit="crop"`` (``data.fit``) keeps the image's own resolution instead: float32 ``(H, W, 3)``, the pixels as
+    decoded (no DCT scaling, no resampling), except that an image whose short side is below ``S`` is resized up
+    (bilinear, aspect kept) until it equals ``S``; :func:`random_crop` and :func:`crop_grid` cut ``S x S`` crops.
 
     Grayscale, palette and CMYK images become RGB, alpha is dropped, a GIF, WebP or TIFF gives
     its first frame.
@@ -101,6 +105,8 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int) -> tf.Tensor:
     is_jpeg = tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8")
 
     def jpeg():
+        if fit == "crop":
+            return tf.io.decode_jpeg(contents, channels=3)
         shape = tf.image.extract_jpeg_shape(contents)
         short = tf.minimum(shape[0], shape[1])
         branch = tf.reduce_sum(tf.cast(short >= image_size * tf.constant([2, 4, 8]), tf.int32))
@@ -122,6 +128,8 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int) -> tf.Tensor:
                               tf.equal(tf.strings.substr(contents, 0, 2), b"BM")])
     img = tf.cond(is_jpeg, jpeg, lambda: tf.cond(tf_reads, other, pillow))
     img.set_shape([None, None, 3])
+    if fit == "crop":
+        return _at_least(img, image_size)
     size = tf.shape(img)[:2]
     big = tf.reduce_max(size) > 2 * image_size  # only non-JPEGs get here: antialias their large downscales
     img = tf.cond(
@@ -135,6 +143,52 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int) -> tf.Tensor:
     )
     img = tf.ensure_shape(img, [image_size, image_size, 3])
     return tf.clip_by_value(img, 0.0, 255.0)
+
+
+def _at_least(img: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 ``(H, W, 3)`` -> float32, resized up (bilinear, aspect kept) when its short side is below
+    ``image_size``."""
+    import tensorflow as tf
+
+    size = tf.shape(img)[:2]
+    short = tf.reduce_min(size)
+
+    def upscale():
+        scaled = tf.cast(tf.math.ceil(tf.cast(size * image_size, tf.float32) / tf.cast(short, tf.float32)), tf.int32)
+        return tf.clip_by_value(tf.image.resize(img, tf.maximum(scaled, image_size)), 0.0, 255.0)
+
+    return tf.cond(short < image_size, upscale, lambda: tf.cast(img, tf.float32))
+
+
+def crop_offsets(side: tf.Tensor, image_size: int, n: int) -> tf.Tensor:
+    """Offsets along one side of ``n`` or fewer crops: ``min(n, ceil(side / S))`` crops spread evenly from edge to
+    edge (they cover the side when ``n`` allows), or the centre one when that is one."""
+    import tensorflow as tf
+
+    count = tf.minimum(n, (side + image_size - 1) // image_size)
+    span = tf.cast(side - image_size, tf.float32)
+    spread = tf.round(span * tf.cast(tf.range(count), tf.float32) / tf.cast(tf.maximum(count - 1, 1), tf.float32))
+    return tf.where(count > 1, tf.cast(spread, tf.int32), (side - image_size) // 2)
+
+
+def crop_grid(image: tf.Tensor, image_size: int, n: int) -> tf.Tensor:
+    """A decoded ``(H, W, 3)`` image (``fit="crop"``) -> its grid of ``S x S`` crops ``(K, S, S, 3)``, row by row:
+    :func:`crop_offsets` down and across (``K`` = 1 for an image of exactly ``S``; at most ``n * n``)."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    ys, xs = crop_offsets(shape[0], image_size, n), crop_offsets(shape[1], image_size, n)
+    grid = tf.reshape(tf.stack(tf.meshgrid(ys, xs, indexing="ij"), axis=-1), [-1, 2])
+    return tf.map_fn(lambda yx: tf.slice(image, [yx[0], yx[1], 0], [image_size, image_size, 3]), grid,
+                     fn_output_signature=tf.TensorSpec([image_size, image_size, 3], image.dtype))
+
+
+def random_crop(image: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Tensor:
+    """A decoded ``(H, W, 3)`` image (``fit="crop"``) -> one ``S x S`` crop at a position drawn from ``seed``
+    (stateless)."""
+    import tensorflow as tf
+
+    return tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed)
 
 
 def decode_with_pillow(contents: bytes) -> np.ndarray:

@@ -58,6 +58,8 @@ class ModelMeta:
     precision: str = "f32"  # the runtime's inference precision for an exported model: f32, bf16 (int8 is in the model)
     faces: dict = field(default_factory=dict)  # the FaceConfig it was trained with (empty: no face crops)
     video: dict = field(default_factory=dict)  # the VideoConfig it was trained with (frame sampling, aggregation)
+    fit: str = "resize"  # data.fit: resize (older models), or crop: the mean over a grid of crops at full resolution
+    test_crops: int = 3  # data.test_crops: for fit crop, at most this many crops per side
 
     @classmethod
     def load(cls, path: str | Path) -> ModelMeta:
@@ -250,7 +252,13 @@ class Predictor:
         from deepfake.config import DataConfig
 
         return DataConfig(path=None if path is None else str(path), class_names=list(self.meta.class_names),
-                          image_size=self.image_size, faces=self.faces, video=self.video)
+                          image_size=self.image_size, faces=self.faces, video=self.video, fit=self.meta.fit,
+                          test_crops=self.meta.test_crops)
+
+    @property
+    def crop(self) -> bool:
+        """Scores the mean over a grid of crops at full resolution (``data.fit: crop``), not resized pixels."""
+        return self.meta.fit == "crop"
 
     def label_of(self, probability: float) -> str:
         return self.meta.class_names[int(probability >= self.meta.threshold)]
@@ -261,6 +269,18 @@ class Predictor:
             return np.zeros((0,), dtype="float64")
         return self.calibrate(self.model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size,
                                                  verbose=0))
+
+    def predict_crops(self, crops: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """The crop grids ``(K_i, S, S, 3)`` of N images (:meth:`decode_crops`) -> fake probabilities ``(N,)``: the
+        mean of the model's raw outputs over each image's crops, then calibrated, as the pipeline's evaluation
+        (:func:`deepfake.input_pipeline.predict_images`) scores them."""
+        from deepfake.input_pipeline import mean_by_owner
+
+        if len(crops) == 0:
+            return np.zeros((0,), dtype="float64")
+        owners = np.repeat(np.arange(len(crops)), [len(c) for c in crops])
+        raw = self.model.predict(np.concatenate(crops).astype("float32"), batch_size=batch_size, verbose=0)
+        return self.calibrate(mean_by_owner(np.asarray(raw, dtype="float64").reshape(-1), owners, len(crops)))
 
     def calibrate(self, raw: Any) -> np.ndarray:
         """The model's raw sigmoid outputs -> the fake probabilities this detector reports ``(N,)``
@@ -280,14 +300,26 @@ class Predictor:
         return self.decode_bytes(raw)[None] if media is None else self.decode_pictures(media)
 
     def decode_bytes(self, raw: bytes) -> np.ndarray:
-        """Encoded image bytes -> ``(S, S, 3)`` float32 pixels; raises ValueError."""
+        """Encoded image bytes -> ``(S, S, 3)`` float32 pixels (for ``fit: crop`` the centre crop, which Grad-CAM
+        shows; scoring uses every crop, :meth:`decode_crops`); raises ValueError."""
+        return self.decode_crops(raw, 1)[0] if self.crop else self._decoded(raw)
+
+    def decode_crops(self, raw: bytes, n: int | None = None) -> np.ndarray:
+        """Encoded image bytes -> the ``(K, S, S, 3)`` float32 grid of crops at full resolution that ``fit: crop``
+        scores (at most ``n`` per side, the model's ``test_crops`` by default); raises ValueError."""
+        from deepfake.images import crop_grid
+
+        image = self._decoded(raw, "crop")
+        return np.asarray(crop_grid(image, self.image_size, n or self.meta.test_crops))
+
+    def _decoded(self, raw: bytes, fit: str = "resize") -> np.ndarray:
         from deepfake.images import check_bytes, decode_image
 
         problem = check_bytes(raw)
         if problem:
             raise ValueError(problem)
         try:
-            return np.asarray(decode_image(raw, self.image_size))
+            return np.asarray(decode_image(raw, self.image_size, fit))
         except Exception as exc:  # noqa: BLE001 - any failure to decode a user's image is that row's error
             raise ValueError(f"cannot decode image: {first_line(exc, 120)}") from None
 
@@ -312,6 +344,14 @@ class Predictor:
 
         return np.stack([np.asarray(decode_image(encode_png(p), self.image_size)) for p in media.pictures])
 
+    def predict_pictures(self, media: Media, batch_size: int = 32) -> np.ndarray:
+        """The fake probability of each picture of ``media``, through the PNG bytes training cached them as."""
+        from deepfake.media import encode_png
+
+        if self.crop:
+            return self.predict_crops([self.decode_crops(encode_png(p)) for p in media.pictures], batch_size)
+        return self.predict_arrays(self.decode_pictures(media), batch_size=batch_size)
+
     def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
         """Any mix of paths/bytes/base64 (images or videos) -> one dict per input; bad inputs get ``error`` and a
         ``fake_probability`` of ``None`` (JSON null, never NaN). A video (or, with face crops, an image) is scored
@@ -330,10 +370,10 @@ class Predictor:
                     raw = _as_bytes(value, self.paths)
                     media = self.pictures(raw)
                     if media is None:
-                        images.append(self.decode_bytes(raw))
+                        images.append(self.decode_crops(raw) if self.crop else self.decode_bytes(raw))
                         good.append(i)
                         continue
-                    frame_probs = self.predict_arrays(self.decode_pictures(media), batch_size=batch_size)
+                    frame_probs = self.predict_pictures(media, batch_size=batch_size)
                     p = aggregate(frame_probs, self.video)
                     out[i].update(fake_probability=p, label=self.label_of(p), frames=len(frame_probs),
                                   frame_probabilities=[round(float(x), 6) for x in frame_probs])
@@ -345,7 +385,8 @@ class Predictor:
                 except (ValueError, OSError) as exc:
                     out[i]["error"] = str(exc)
             if images:
-                probs = self.predict_arrays(np.stack(images), batch_size=batch_size)
+                probs = (self.predict_crops(images, batch_size) if self.crop
+                         else self.predict_arrays(np.stack(images), batch_size=batch_size))
                 for i, p in zip(good, probs, strict=True):
                     out[i].update(fake_probability=float(p), label=self.label_of(float(p)), frames=1,
                                   frame_probabilities=[round(float(p), 6)])
@@ -356,12 +397,12 @@ class Predictor:
         """Fake probabilities of every image of a dataset split (:class:`deepfake.data.Split`), in file
         order, streamed through the training input pipeline."""
         from deepfake.config import DataConfig
-        from deepfake.input_pipeline import make_dataset
+        from deepfake.input_pipeline import predict_images
 
-        cfg = DataConfig(image_size=self.image_size, batch_size=batch_size, cache="none")
-        probs = [self.predict_arrays(images.numpy(), batch_size=batch_size)
-                 for images, _ in make_dataset(split, cfg, training=False)]
-        return np.concatenate(probs) if probs else np.zeros((0,))
+        cfg = DataConfig(image_size=self.image_size, batch_size=batch_size, cache="none", fit=self.meta.fit,
+                         test_crops=self.meta.test_crops)
+        raw = predict_images(lambda x: self.model.predict(x, batch_size=batch_size, verbose=0), split, cfg)
+        return self.calibrate(raw)
 
     def predict_frame(self, frame: pd.DataFrame | dict[str, Any] | Sequence[Any]) -> pd.DataFrame:
         """pyfunc entry: DataFrame with an ``image`` column -> DataFrame of results."""

@@ -17,12 +17,14 @@ import numpy as np
 
 from deepfake.config import AugmentConfig, DataConfig
 from deepfake.data import Split
-from deepfake.images import decode_image
+from deepfake.images import crop_grid, decode_image, random_crop
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 AUTO_CACHE_BYTES = 1 << 30  # "auto" caches decoded images in memory below 1 GiB
+CROP_SEED_OFFSET = 7919  # data.fit: crop: the random crops' seeds, apart from the augmentations'
+SYNTHETIC_SEED_OFFSET = 104729  # data.synthetic_fakes: the fakes' seeds, apart from the others'
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -89,16 +91,45 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.T
 def _cache_mode(split: Split, cfg: DataConfig) -> str:
     if cfg.cache != "auto":
         return cfg.cache
-    nbytes = len(split) * cfg.image_size * cfg.image_size * 3 * 4
+    nbytes = len(split) * _mean_pixels(split, cfg) * 3 * 4
     return "memory" if nbytes < AUTO_CACHE_BYTES else "none"
 
 
+def _mean_pixels(split: Split, cfg: DataConfig, sample: int = 32) -> int:
+    """Pixels per decoded image the cache holds: ``S * S``; with ``data.fit: crop`` (full resolution) the mean over
+    up to ``sample`` files spread over the split, read from their headers (at least ``S * S`` each)."""
+    floor = cfg.image_size * cfg.image_size
+    if cfg.fit != "crop" or not len(split):
+        return floor
+    from PIL import Image
+
+    step = max(1, len(split) // sample)
+    sizes = []
+    for path in split.paths[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+            short = max(min(width, height), 1)
+            scale = max(1.0, cfg.image_size / short)  # decode_image resizes small images up
+            sizes.append(max(floor, int(width * scale) * int(height * scale)))
+        except Exception:  # noqa: BLE001 - an unreadable file is the decoder's to report; count it as S x S
+            sizes.append(floor)
+    return int(np.mean(sizes))
+
+
 def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
-                 cache_dir: str | Path | None = None) -> tf.data.Dataset:
+                 cache_dir: str | Path | None = None, owners: bool = False) -> tf.data.Dataset:
     """A streaming ``tf.data`` pipeline of ``(images, labels)`` batches.
 
     Files are read and decoded in parallel, resized, optionally cached (decoded, before
     augmentation), shuffled and augmented (training only; seeded), batched and prefetched.
+    With ``data.synthetic_fakes`` (training only) real images are followed by synthetic fakes of them after the
+    shuffle and before augmentation (:func:`_with_synthetic_fakes`).
+
+    With ``data.fit: crop`` images are decoded (and cached) at their own resolution, then cut: in training one
+    random ``S x S`` crop per image and epoch (stateless, seeded: a seeded run repeats), before the shuffle; else
+    every crop of each image's grid (:func:`deepfake.images.crop_grid`) becomes an element, and ``owners`` adds
+    the index of the image each came from as a third element (:func:`predict_images` averages by it).
     """
     import tensorflow as tf
 
@@ -106,10 +137,15 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
     parallel = autotune if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
     size = cfg.image_size
     labels = np.asarray(split.labels, dtype="float32")
-    ds = tf.data.Dataset.from_tensor_slices((list(split.paths), labels))
+    synthetic = training and cfg.synthetic_fakes.kind != "none"
+    # Face keypoints for self-blended fakes ride along with each image (data.fit: crop cuts anywhere: ellipses).
+    keypoints = (synthetic_keypoints(split.paths, split.labels, cfg)
+                 if synthetic and getattr(cfg, "fit", "resize") != "crop" else None)
+    slices = (list(split.paths), labels) if keypoints is None else (list(split.paths), labels, keypoints)
+    ds = tf.data.Dataset.from_tensor_slices(slices)
 
-    def load(path, label):
-        return decode_image(tf.io.read_file(path), size), label
+    def load(path, label, *extra):
+        return (decode_image(tf.io.read_file(path), size, cfg.fit), label, *extra)
 
     # Deterministic: evaluation matches labels by position, and seeded training must repeat exactly.
     ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
@@ -119,10 +155,15 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
     elif mode == "disk":
         folder = Path(cache_dir or ".cache/images")
         folder.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha1("\n".join(split.paths).encode()).hexdigest()[:16]
-        ds = ds.cache(str(folder / f"images_{size}_{key}"))
+        key = hashlib.sha1("\n".join(split.paths).encode()
+                           + (b"" if keypoints is None else keypoints.tobytes())).hexdigest()[:16]
+        ds = ds.cache(str(folder / f"images_{size}{'_full' if cfg.fit == 'crop' else ''}_{key}"))
+    if cfg.fit == "crop":
+        ds = _crops(ds, cfg, training, seed, parallel, owners)
     if training:
         ds = ds.shuffle(max(len(split), 1), seed=seed, reshuffle_each_iteration=True)
+        if synthetic:
+            ds = _with_synthetic_fakes(ds, split.labels, cfg, seed, parallel)
         aug = cfg.augment
         if aug.flip or aug.blur_prob > 0 or aug.jpeg_prob > 0:
             ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)))
@@ -131,3 +172,105 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
                 num_parallel_calls=parallel,
             )
     return ds.batch(cfg.batch_size).prefetch(autotune)
+
+
+def synthetic_keypoints(paths, labels, cfg: DataConfig) -> np.ndarray:
+    """Float32 ``(n, 5, 2)`` face keypoints (pixels of the decoded square; -1: none) for the synthetic fakes."""
+    from deepfake import synthetic
+
+    return synthetic.training_keypoints(paths, labels, cfg)
+
+
+def synthetic_count(labels, fraction: float) -> int:
+    """The synthetic fakes one epoch holds: ``floor(reals * fraction)`` (see :func:`_with_synthetic_fakes`)."""
+    reals = np.arange(int(np.sum(np.asarray(labels) == 0)), dtype=np.float64)
+    return int(np.sum(np.floor((reals + 1) * fraction) - np.floor(reals * fraction)))
+
+
+def _with_synthetic_fakes(ds: tf.data.Dataset, labels, cfg: DataConfig, seed: int,
+                          parallel: int) -> tf.data.Dataset:
+    """``data.synthetic_fakes``: real (label 0) elements are followed by a synthetic fake of them (label 1,
+    :func:`deepfake.synthetic.fake_from_seed`), made on the fly with the element's own stateless seed (new every
+    epoch; a seeded run repeats exactly). Which reals get one: the j-th real of the (shuffled) epoch when
+    ``floor((j + 1) * fraction) > floor(j * fraction)``: each real with probability ``fraction``, and exactly
+    :func:`synthetic_count` fakes per epoch, so every epoch has the same, known number of batches (Keras counts
+    its steps from it). Elements are ``(image, label)`` or ``(image, label, keypoints)``; ``(image, label)`` come
+    out."""
+    import tensorflow as tf
+
+    from deepfake import synthetic
+
+    s = cfg.synthetic_fakes
+    size = cfg.image_size
+    fraction = tf.constant(s.fraction, tf.float64)
+    seeds = tf.data.Dataset.random(seed=seed + SYNTHETIC_SEED_OFFSET, rerandomize_each_iteration=True).batch(2)
+
+    def choose(reals_seen, element):
+        real = tf.equal(element[1], 0.0)
+        j = tf.cast(reals_seen, tf.float64)
+        wanted = tf.logical_and(real, tf.floor((j + 1) * fraction) > tf.floor(j * fraction))
+        return reals_seen + tf.cast(real, tf.int64), (element, wanted)
+
+    def pair(chosen, seed_pair):
+        element, wanted = chosen
+        image, label = element[0], element[1]
+        kp = element[2] if len(element) > 2 else tf.fill([len(synthetic.KEYPOINT_NAMES), 2], -1.0)
+
+        def fake():
+            out = tf.numpy_function(synthetic.fake_from_seed, [image, kp, seed_pair, s.kind], tf.float32,
+                                    stateful=False)
+            return tf.ensure_shape(out, [size, size, 3])
+
+        made = tf.cond(wanted, fake, lambda: image)
+        return tf.stack([image, made]), tf.stack([label, 1.0]), 1 + tf.cast(wanted, tf.int64)
+
+    ds = ds.scan(tf.constant(0, tf.int64), choose)  # the state starts again every epoch
+    ds = tf.data.Dataset.zip((ds, seeds)).map(pair, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.flat_map(lambda images, labels, n: tf.data.Dataset.from_tensor_slices((images[:n], labels[:n])))
+    return ds.apply(tf.data.experimental.assert_cardinality(len(labels) + synthetic_count(labels, s.fraction)))
+
+
+def _crops(ds: tf.data.Dataset, cfg: DataConfig, training: bool, seed: int, parallel: int,
+           owners: bool) -> tf.data.Dataset:
+    """Full-resolution ``(image, label)`` elements -> ``S x S`` crops (``data.fit: crop``; see :func:`make_dataset`)."""
+    import tensorflow as tf
+
+    size = cfg.image_size
+    if training:
+        seeds = tf.data.Dataset.random(seed=seed + CROP_SEED_OFFSET, rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip((ds, seeds)).map(lambda xy, s: (random_crop(xy[0], size, s), xy[1]),
+                                                    num_parallel_calls=parallel, deterministic=True)
+
+    def grid(index, xy):
+        crops = crop_grid(xy[0], size, cfg.test_crops)
+        k = tf.shape(crops)[0]
+        out = (crops, tf.fill([k], xy[1]))
+        return (*out, tf.fill([k], index)) if owners else out
+
+    return ds.enumerate().map(grid, num_parallel_calls=parallel, deterministic=True).unbatch()
+
+
+def predict_images(predict: Callable[[np.ndarray], np.ndarray], split: Split, cfg: DataConfig, seed: int = 42,
+                   cache_dir: str | Path | None = None) -> np.ndarray:
+    """The raw fake probability of every image of ``split``, in file order: ``predict`` (a batch of ``S x S``
+    images -> the model's raw outputs) on each image, or with ``data.fit: crop`` on each crop of its grid, averaged
+    per image (the mean of the raw probabilities; calibration comes after). The one place that scores a split:
+    the pipeline's validation and evaluation and :meth:`deepfake.inference.Predictor.predict_split` use it."""
+    crop = cfg.fit == "crop"
+    probs, owner = [], []
+    for batch in make_dataset(split, cfg, training=False, seed=seed, cache_dir=cache_dir, owners=crop):
+        probs.append(np.asarray(predict(batch[0].numpy()), dtype="float64").reshape(-1))
+        if crop:
+            owner.append(batch[2].numpy())
+    if not probs:
+        return np.zeros((0,))
+    probs = np.concatenate(probs)
+    return mean_by_owner(probs, np.concatenate(owner), len(split)) if crop else probs
+
+
+def mean_by_owner(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """The mean of ``values`` per owner index ``0..n-1`` (the crops of each image)."""
+    counts = np.bincount(owners, minlength=n)
+    if np.any(counts == 0):
+        raise ValueError("an image gave no crop")
+    return np.bincount(owners, weights=values, minlength=n) / counts

@@ -15,6 +15,7 @@ backbone features (see :mod:`deepfake.features`).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from deepfake import backbones as B
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 NPR_SCALE = 4.0  # the NPR residual (about -64..64 on natural images) scaled towards the pixel range
 PIXEL_CENTRE = 127.5  # the residual is centred on mid-grey before the backbone's normalisation
+HIGHPASS_SIGMA = 1.0  # the high-pass residual subtracts a Gaussian blur of this sigma (5x5 kernel) ...
+HIGHPASS_SCALE = 4.0  # ... and is scaled like NPR's (its range is a bit smaller; see highpass_residual)
 
 
 def random_init_warning(spec: B.Backbone, why: str) -> str:
@@ -47,20 +51,27 @@ class Preprocess(layers.Layer):
     ``representation="npr"`` first replaces the image by its neighbouring-pixel residual (NPR,
     Tan et al. 2024): ``x - up(down(x))`` with nearest-neighbour 2x down- and up-sampling, which
     removes content and keeps the local pixel correlations that generators' upsampling leaves.
+    ``representation="highpass"`` replaces it by its high-pass residual ``x - gaussian_blur(x)``
+    (:func:`highpass_residual`): the fine detail where manipulation traces live, without the content.
+    Either residual is scaled and centred on mid-grey, so that the pretrained backbone sees pixel-like values.
     Then the backbone's normalisation: channels flipped to BGR if ``bgr``, ``(x - mean) / std``.
     """
 
     def __init__(self, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 bgr: bool = False, representation: str = "rgb", npr_scale: float = NPR_SCALE, **kwargs: Any):
+                 bgr: bool = False, representation: str = "rgb", npr_scale: float = NPR_SCALE,
+                 highpass_scale: float = HIGHPASS_SCALE, **kwargs: Any):
         kwargs["dtype"] = "float32"  # tiny pixel differences do not survive bfloat16
         super().__init__(**kwargs)
         self.mean, self.std, self.bgr = list(mean), list(std), bool(bgr)
         self.representation, self.npr_scale = representation, float(npr_scale)
+        self.highpass_scale = float(highpass_scale)
 
     def call(self, inputs: Any) -> Any:
         x = ops.cast(inputs, "float32")
         if self.representation == "npr":
             x = npr_residual(x) * self.npr_scale + PIXEL_CENTRE
+        elif self.representation == "highpass":
+            x = highpass_residual(x) * self.highpass_scale + PIXEL_CENTRE
         if self.bgr:
             x = ops.flip(x, axis=-1)
         mean = ops.convert_to_tensor(self.mean, dtype="float32")
@@ -69,7 +80,8 @@ class Preprocess(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr,
-                "representation": self.representation, "npr_scale": self.npr_scale}
+                "representation": self.representation, "npr_scale": self.npr_scale,
+                "highpass_scale": self.highpass_scale}
 
 
 def npr_residual(x: keras.KerasTensor) -> keras.KerasTensor:
@@ -77,6 +89,25 @@ def npr_residual(x: keras.KerasTensor) -> keras.KerasTensor:
     up = ops.repeat(ops.repeat(down, 2, axis=1), 2, axis=2)
     up = up[:, : ops.shape(x)[1], : ops.shape(x)[2], :]
     return x - up
+
+
+def gaussian_kernel(sigma: float = HIGHPASS_SIGMA, channels: int = 3) -> np.ndarray:
+    """A normalised 2-D Gaussian of radius ``ceil(2 sigma)`` as a depthwise kernel ``(k, k, channels, 1)``."""
+    radius = max(1, math.ceil(2 * sigma))
+    g = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k2 = np.outer(g, g) / np.outer(g, g).sum()
+    return np.tile(k2[:, :, None, None], (1, 1, channels, 1)).astype("float32")
+
+
+def highpass_residual(x: keras.KerasTensor, sigma: float = HIGHPASS_SIGMA) -> keras.KerasTensor:
+    """``x - gaussian_blur(x)``, a fixed depthwise convolution in the graph; the border is reflected, so a constant
+    image gives exactly 0 everywhere (a linear gradient 0 away from the border). A pixel-level checkerboard keeps
+    99.9 % of its amplitude, a step edge 30 % of its step on the pixel either side. On 60 natural 256 px photos |x -
+    blur| has median 1.8 and 99th percentile 43 (NPR's: 1.0 and 79), so NPR's scale keeps it in a similar range."""
+    kernel = gaussian_kernel(sigma, int(x.shape[-1] or 3))
+    r = kernel.shape[0] // 2
+    padded = ops.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="reflect")
+    return x - ops.depthwise_conv(padded, ops.convert_to_tensor(kernel), strides=1, padding="valid")
 
 
 # Models saved by deepfake 0.1 (ResNet50 only) used these two layers; they stay loadable.

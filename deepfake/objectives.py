@@ -12,3 +12,6 @@ METRICS = {  # --metric -> (key in pipeline's validation metrics, direction, Ker
     "val_accuracy": ("accuracy", "maximize", "val_accuracy"),
     "val_loss": ("log_loss", "minimize", "val_loss"),
 }
+
+# --optimise: the --metric (primary), the --also-data dataset's ROC-AUC (also), or both (multi-objective)
+OPTIMISE = ("primary", "also", "both")

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from deepfake.inference import (
     pyfunc_artifacts,
     save_detector,
 )
-from deepfake.input_pipeline import make_dataset
+from deepfake.input_pipeline import make_dataset, predict_images
 
 if TYPE_CHECKING:
     import keras
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 HEAD_DIR = "head"
 MODEL_TAG = "model.logged"  # "head": the head and FINGERPRINT_TAG, no detector yet; "full": a detector (model)
 FINGERPRINT_TAG = "backbone.fingerprint"  # the backbone whose cached features the head was trained on
+ALSO_DIR = "also"  # the second dataset a run is scored on (deepfake tune --also-data): its split name and folder
 PREDICTIONS_FILE = "predictions.csv"  # split, path, label, probability: what the figures are drawn from
 HISTORY_FILE = "history.json"
 
@@ -71,11 +72,12 @@ class RunResult:
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     head_only: bool = False  # a head-only trial: model_uri is None until assemble(run_id)
+    also_metrics: dict[str, float] | None = None  # on the second dataset of ``run(also=...)``
 
 
 def prepare_dataset(cfg: Config, echo: Callable[[str], None] = print, progress: bool = True) -> D.DatasetInfo:
     """Scan and check the dataset, look for duplicates across splits (and drop them with dedupe), then
-    audit the classes for shortcuts (format, size, JPEG quality, EXIF)."""
+    audit the classes for shortcuts (format, size, JPEG quality, EXIF, and content with data.content_check)."""
     from deepfake import leakage
 
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, progress=progress)
@@ -90,7 +92,9 @@ def prepare_dataset(cfg: Config, echo: Callable[[str], None] = print, progress: 
     if cfg.data.audit:
         from deepfake import audit
 
-        info.audit = audit.audit_dataset(info, cfg.data.audit_threshold, progress=progress)
+        info.audit = audit.audit_dataset(info, cfg.data.audit_threshold, progress=progress,
+                                         content_check=cfg.data.content_check,
+                                         content_images=cfg.data.content_check_images, seed=cfg.train.seed)
         echo(audit.report(info.audit))
         for line in info.audit.warnings():
             log.warning(line.removeprefix("WARNING: "))
@@ -100,14 +104,30 @@ def prepare_dataset(cfg: Config, echo: Callable[[str], None] = print, progress: 
 def evaluate_split(model: keras.Model, split: D.Split, cfg: Config, out_dir: Path, threshold: float, prefix: str,
                    temperature: float = 1.0) -> dict[str, Any]:
     """Predict one split (calibrated, in file order) and write its metrics, confusion matrix, report and curves."""
-    ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
-    probs = apply_temperature(training.predict_probabilities(model, ds), temperature)
+    probs = apply_temperature(split_probabilities(model, split, cfg), temperature)
     result = evaluation.evaluate_predictions(
         split.labels, probs, out_dir, class_names=cfg.data.class_names, threshold=threshold, prefix=prefix
     )
     videos = evaluation.evaluate_per_source(split, probs, out_dir, cfg.data.video, class_names=cfg.data.class_names,
                                             threshold=threshold, prefix=prefix)
     return result | {"probs": probs, "per_video": videos}
+
+
+def split_probabilities(model: keras.Model, split: D.Split, cfg: Config, ds: Any = None) -> np.ndarray:
+    """The model's raw probability of every image of ``split``, in file order: on its pixels (``data.fit: resize``;
+    ``ds`` is the split's evaluation dataset when already made) or the mean over its grid of crops (``crop``;
+    :func:`deepfake.input_pipeline.predict_images`, which the Predictor uses too)."""
+    if cfg.data.fit == "crop":
+        return predict_images(model.predict_on_batch, split, cfg.data, seed=cfg.train.seed)
+    if ds is None:
+        ds = make_dataset(split, cfg.data, training=False, seed=cfg.train.seed)
+    return training.predict_probabilities(model, ds)
+
+
+def _log_also(evaluated: dict[str, Any], echo: Callable[[str], None]) -> None:
+    """The second dataset's metrics (``also_*``), logged to the active run."""
+    tracking.log_metrics(evaluated["metrics"], prefix="also_")
+    echo(MET.format_metrics_table(evaluated["metrics"], title="Second dataset (--also-data)"))
 
 
 def _log_per_video(evaluated: dict[str, Any], prefix: str, echo: Callable[[str], None]) -> None:
@@ -132,6 +152,7 @@ def run(
     echo: Callable[[str], None] = print,
     on_run_start: Callable[[str], None] | None = None,
     lean: bool = False,
+    also: D.Split | None = None,
 ) -> RunResult:
     """Train and evaluate one model as one MLflow run (resumed when ``resume`` finds a checkpoint).
 
@@ -162,11 +183,16 @@ def run(
         else:
             tracking.set_tags({"resumed": "true"})
         if lean and previous is None and head_only(cfg):
-            return _run_head_only(cfg, info, run_id, callbacks=callbacks, verbose=verbose, echo=echo,
+            return _run_head_only(cfg, info, run_id, callbacks=callbacks, verbose=verbose, echo=echo, also=also,
                                   started=started)
+        synthetic = cfg.data.synthetic_fakes.kind != "none"
+        if synthetic and cfg.train.feature_cache:
+            log.info("data.synthetic_fakes: the feature cache is not used (the synthetic fakes are new every epoch, "
+                     "so phase 1 trains on the pixels)")
         train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
         val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
-        class_weight = info.class_weights() if cfg.data.class_weights else None
+        class_weight = (info.class_weights(cfg.data.synthetic_fakes.fraction if synthetic else 0.0)
+                        if cfg.data.class_weights else None)
 
         result = training.train(
             cfg,
@@ -177,7 +203,9 @@ def run(
             callbacks=[tracking.EpochLogger(), *callbacks],
             resume=resume,
             state_extra={"mlflow_run_id": run_id},
-            features=FeatureCache(cfg).provider(info) if cfg.train.feature_cache else None,
+            # data.fit: crop trains phase 1 on random crops of the pixels: cached features would fix one crop
+            features=(FeatureCache(cfg).provider(info)
+                      if cfg.train.feature_cache and cfg.data.fit == "resize" and not synthetic else None),
             on_model_built=tracking.log_weights_info,
             verbose=verbose,
         )
@@ -185,7 +213,7 @@ def run(
         model = M.as_float32(result.model, cfg)  # evaluate, save and serve in float32
 
         # Temperature and threshold on validation; then the test split at that threshold and at 0.5.
-        raw_val = training.predict_probabilities(model, val_ds)
+        raw_val = split_probabilities(model, info.splits["val"], cfg, val_ds)
         temperature = fit_temperature(info.splits["val"].labels, raw_val) if cfg.train.calibrate else 1.0
         val_ds_probs = apply_temperature(raw_val, temperature)
         threshold = MET.choose_threshold(info.splits["val"].labels, val_ds_probs, method="youden")
@@ -200,7 +228,8 @@ def run(
                           else (previous or {}).get("weights_source", "unknown"))
         meta = ModelMeta(threshold=threshold, class_names=list(cfg.data.class_names),
                          image_size=cfg.data.image_size, weights_source=weights_source, temperature=temperature,
-                         backbone=cfg.model.backbone, faces=asdict(cfg.data.faces), video=asdict(cfg.data.video))
+                         backbone=cfg.model.backbone, faces=asdict(cfg.data.faces), video=asdict(cfg.data.video),
+                         fit=cfg.data.fit, test_crops=cfg.data.test_crops)
         model_dir = save_detector(model, meta, out_dir / "model")
 
         tracking.log_metrics({"threshold": threshold, "temperature": temperature})
@@ -215,6 +244,10 @@ def run(
         echo(MET.format_metrics_table(test_eval["metrics"],
                                       title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
         _log_per_video(test_eval, "test", echo)
+        also_eval = None
+        if also is not None:  # a second dataset (deepfake tune --also-data): how the detector does off its domain
+            also_eval = evaluate_split(model, also, cfg, eval_dir / ALSO_DIR, threshold, "also", temperature)
+            _log_also(also_eval, echo)
         echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
         return RunResult(
             run_id=run_id,
@@ -228,6 +261,7 @@ def run(
             dataset=info,
             files=test_eval["files"],
             seconds=time.time() - started,
+            also_metrics=also_eval["metrics"] if also_eval else None,
         )
 
 
@@ -237,11 +271,16 @@ def head_only(cfg: Config) -> bool:
     inference mode (:func:`deepfake.features.compute_features`) and the head is float32, so the head on
     them gives what the (float32) detector gives on the pixels, whatever the training precision."""
     t = cfg.train
+    if cfg.data.synthetic_fakes.kind != "none":
+        return False  # synthetic fakes are made from the pixels every epoch: no cached features for them
+    if cfg.data.fit == "crop":
+        return False  # random crops of the pixels every epoch: cached features would fix one crop per image
     return t.feature_cache and t.epochs > 0 and not (t.fine_tune_epochs > 0 and t.fine_tune_stages > 0)
 
 
 def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: Sequence[keras.callbacks.Callback],
-                   verbose: int, echo: Callable[[str], None], started: float) -> RunResult:
+                   verbose: int, echo: Callable[[str], None], started: float,
+                   also: D.Split | None = None) -> RunResult:
     """The rest of :func:`run` for a lean head-only run, inside its MLflow run: head training and the
     val/test predictions on cached features, metrics and reports, the head and the backbone's fingerprint."""
     out_dir = Path(cfg.train.output_dir)
@@ -250,8 +289,10 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
     val, test = info.splits["val"], info.splits["test"]
     found: dict[str, Any] = {}
 
+    scored = info if also is None else replace(info, splits={**info.splits, ALSO_DIR: also})
+
     def features() -> tuple:
-        found["features"] = cached = FeatureCache(cfg).head_features(info, ("train", "val", "test"))
+        found["features"] = cached = FeatureCache(cfg).head_features(scored, tuple(scored.splits))
         tracking.log_weights_info(cached.weights_info)
         return (cached.arrays["train"], np.asarray(info.splits["train"].labels, dtype="float32"),
                 cached.arrays["val"], np.asarray(val.labels, dtype="float32"))
@@ -286,7 +327,8 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
                                                      "phase_boundary": result.phase_boundary}))
     meta = ModelMeta(threshold=threshold, class_names=list(names), image_size=cfg.data.image_size,
                      weights_source=cached.weights_info.source, temperature=temperature, backbone=cfg.model.backbone,
-                     faces=asdict(cfg.data.faces), video=asdict(cfg.data.video))
+                     faces=asdict(cfg.data.faces), video=asdict(cfg.data.video), fit=cfg.data.fit,
+                     test_crops=cfg.data.test_crops)
     meta_path = meta.save(ckpt_dir / META_FILE)
 
     tracking.log_metrics({"threshold": threshold, "temperature": temperature}
@@ -300,10 +342,17 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
     echo(MET.format_metrics_table(test_eval["metrics"],
                                   title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
     _log_per_video(test_eval, "test", echo)
+    also_eval = None
+    if also is not None:
+        also_probs = apply_temperature(training.predict_features(head, cached.arrays[ALSO_DIR]), temperature)
+        also_eval = evaluation.evaluate_predictions(also.labels, also_probs, eval_dir / ALSO_DIR, class_names=names,
+                                                    threshold=threshold, prefix="also", figures=False)
+        _log_also(also_eval, echo)
     return RunResult(
         run_id=run_id, model_dir=ckpt_dir, model_uri=None, threshold=threshold, test_metrics=test_eval["metrics"],
         val_metrics=val_eval["metrics"], history=result.history, out_dir=out_dir, dataset=info,
         files=test_eval["files"], seconds=time.time() - started, head_only=True,
+        also_metrics=also_eval["metrics"] if also_eval else None,
     )
 
 

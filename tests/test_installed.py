@@ -14,7 +14,7 @@ from deepfake.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIGS = ["ai_vs_real", "default", "demo"]
-SHIPPED_SPACES = ["search_space", "search_space_demo"]
+SHIPPED_SPACES = ["search_space", "search_space_demo", "search_space_faces"]
 
 
 @pytest.fixture()

@@ -126,3 +126,37 @@ def test_npr_model_builds_saves_and_loads(tmp_path):
     expected = model.predict(x, verbose=0)
     model.save(tmp_path / "npr.keras")
     np.testing.assert_allclose(M.load_keras_model(tmp_path / "npr.keras").predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_highpass_residual_removes_smooth_content_and_keeps_fine_traces():
+    highpass = M.Preprocess(representation="highpass")  # mean 0, std 1: the scaled, centred residual itself
+
+    def run(img):
+        return keras.ops.convert_to_numpy(highpass(img[None].astype("float32")))[0]
+
+    constant = np.full((16, 16, 3), 200.0)
+    np.testing.assert_allclose(run(constant), M.PIXEL_CENTRE, atol=1e-3)  # zero residual -> mid-grey, borders too
+    rows, cols = np.indices((16, 16))
+    gradient = np.stack([2.0 * cols + rows, 3.0 * rows, 100 + 0 * rows], axis=-1)  # smooth, 0..45 per image
+    residual = (run(gradient) - M.PIXEL_CENTRE) / M.HIGHPASS_SCALE
+    np.testing.assert_allclose(residual[2:-2, 2:-2], 0, atol=1e-3)  # a linear ramp is its own blur
+    assert np.abs(residual).max() < 2.5  # at the border the reflected ramp bends: small
+    checker = 128 + 6 * np.where((rows + cols) % 2 == 0, 1, -1)[:, :, None] * np.ones(3)
+    residual = (run(checker) - M.PIXEL_CENTRE) / M.HIGHPASS_SCALE
+    assert np.abs(residual).min() > 5.9  # a pixel-level trace of amplitude 6 survives whole
+    np.testing.assert_allclose(np.sign(residual), np.sign(checker - 128))
+    rgb = M.Preprocess()(checker[None].astype("float32"))
+    assert np.abs(keras.ops.convert_to_numpy(rgb)[0] - checker).max() == 0  # rgb leaves the pixels alone
+
+
+def test_highpass_model_builds_saves_and_loads(tmp_path):
+    model = M.build_model(cfg(weights="none", representation="highpass", backbone="efficientnet_lite0"))
+    assert M.input_layer_of(model).representation == "highpass"
+    x = np.random.default_rng(5).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "highpass.keras")
+    again = M.load_keras_model(tmp_path / "highpass.keras")
+    assert M.input_layer_of(again).representation == "highpass"  # from its saved config
+    np.testing.assert_allclose(again.predict(x, verbose=0), expected, rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="rgb, npr or highpass"):
+        cfg(representation="sobel")

@@ -234,8 +234,8 @@ def test_evaluate_cli_on_several_datasets_prints_one_table_and_logs_one_run(dete
     mlflow.set_tracking_uri(uri)
     (run,) = mlflow.search_runs(experiment_names=["deepfake-evaluation"], output_format="list")
     assert run.data.tags["deepfake.role"] == "cross-evaluation"
-    assert {f"cross.other.roc_auc", "cross.other.camera.accuracy", f"cross.{tiny_split_dataset.name}.roc_auc",
-            f"dataset.other.all.real"} <= set(run.data.metrics)
+    assert {"cross.other.roc_auc", "cross.other.camera.accuracy", f"cross.{tiny_split_dataset.name}.roc_auc",
+            "dataset.other.all.real"} <= set(run.data.metrics)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/cross_dataset.csv", "evaluation/cross_dataset.png", "evaluation/other"} <= arts
     csv_rows = list(csv.DictReader((tmp_path / "ev" / "cross_dataset.csv").open()))

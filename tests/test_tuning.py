@@ -53,7 +53,7 @@ def tune_args(env, space, study="s", n=2, *extra):
 
 def test_search_space_shipped_files_are_valid():
     names = C.shipped_names("", prefix="search_space")
-    assert names == ["search_space", "search_space_demo"]
+    assert names == ["search_space", "search_space_demo", "search_space_faces"]
     for name in names:
         assert tuning.load_search_space(C.shipped(f"{name}.yaml")).params
 

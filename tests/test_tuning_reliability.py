@@ -489,3 +489,49 @@ def test_a_search_space_mistake_stops_tune_before_anything_is_recorded(env, monk
     assert result.exit_code == 2, result.output
     assert "'model.dropout' has step 0" in result.output and "Traceback" not in result.output
     assert not (env.tmp / "optuna.db").exists() and not (env.tmp / "mlflow.db").exists()
+
+
+# ----------------------------------------------------------------------------- tuning for a second dataset
+
+
+def test_optimise_both_is_a_two_objective_study_with_its_pareto_front_and_the_mean_rule(env, monkeypatch):
+    fake_trials.install(monkeypatch)
+    result = CliRunner().invoke(main, tune_args(env, "pareto", 6, "--also-data", env.data, "--optimise", "both"))
+    assert result.exit_code == 0, result.output
+    assert f"Every trial is also scored on {env.data} (test:" in result.output
+    study = load(env.storage, "pareto")
+    assert len(study.directions) == 2
+    complete = [t for t in study.trials if t.state == COMPLETE]
+    assert len(complete) == 6
+    for t in complete:  # (primary, also) as the fake trial computes them from its dropout
+        d = t.params["model.dropout"]
+        assert t.values == pytest.approx([1.0 - abs(d - 0.25), 0.5 + d])
+        assert t.user_attrs[tuning.ALSO_ATTR] == pytest.approx(0.5 + d)
+    front = study.best_trials
+    best = max(front, key=lambda t: (sum(t.values) / 2, t.values[0], -t.number))
+    assert tuning.pareto_choice(front, study.directions).number == best.number
+    assert "Pareto front (trial: primary, --also-data)" in result.output
+    assert f"Best trial {best.number} (highest mean of the two on the front)" in result.output
+    runs, _ = trial_runs(env.uri, "pareto")
+    mlflow.set_tracking_uri(env.uri)
+    parent = mlflow.get_run(runs[best.number].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["best.trial"] == str(best.number)
+    assert parent.data.metrics["best_also_roc_auc"] == pytest.approx(best.values[1])
+    assert sorted(map(int, parent.data.tags["pareto.trials"].split(","))) == sorted(t.number for t in front)
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "study")}
+    assert "study/pareto_front.png" in arts
+    # The same study continued for one objective: refused in one line.
+    again = CliRunner().invoke(main, tune_args(env, "pareto", 7))
+    assert again.exit_code == 2 and "the study optimises other objectives" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_optimise_also_maximises_the_second_datasets_score_and_needs_it(env, monkeypatch):
+    fake_trials.install(monkeypatch)
+    result = CliRunner().invoke(main, tune_args(env, "also", 4, "--also-data", env.data, "--optimise", "also"))
+    assert result.exit_code == 0, result.output
+    study = load(env.storage, "also")
+    assert all(t.value == pytest.approx(0.5 + t.params["model.dropout"]) for t in study.trials if t.state == COMPLETE)
+    assert study.best_trial.params["model.dropout"] == max(t.params["model.dropout"] for t in study.trials)
+    missing = CliRunner().invoke(main, tune_args(env, "nope", 1, "--optimise", "both"))
+    assert missing.exit_code == 2 and "--optimise both needs --also-data DIR" in missing.output

@@ -25,7 +25,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_MODEL_URI = "models:/deepfake-detector@champion"
 MODEL_HELP = "Model folder, .keras file or MLflow URI."
 SEARCH_SPACE_HELP = ("YAML search space (config keys -> distributions, sampler, pruner): a file, or a shipped one "
-                     "by name (search_space, search_space_demo).")
+                     "by name (search_space, search_space_demo, search_space_faces).")
+
+SYNTHETIC_KINDS = ["none", "sbi", "resynth", "both"]  # data.synthetic_fakes.kind
 
 # CLI option name -> config key. The MLproject entry points mirror these (tests check it).
 OPTION_TO_CONFIG = {
@@ -46,6 +48,9 @@ OPTION_TO_CONFIG = {
     "faces": "data.faces.enabled",
     "face_margin": "data.faces.margin",
     "frames": "data.video.frames",
+    "synthetic_fakes": "data.synthetic_fakes.kind",
+    "synthetic_fraction": "data.synthetic_fakes.fraction",
+    "fit": "data.fit",
 }
 
 
@@ -119,9 +124,20 @@ def training_options(func: Callable) -> Callable:
                      help="Detect faces (MTCNN) and train on the largest face of each image and video frame, "
                           "cropped square with a margin (data.faces.*); images without a face are skipped. "
                           "Stored with the model: prediction crops the same way."),
+        click.option("--fit", type=click.Choice(["resize", "crop"]),
+                     help="resize: every image resized to --image-size (default); crop: --image-size crops at the "
+                          "image's own resolution, keeping generator pixel traces (random in training, the mean "
+                          "over a grid of crops, data.test_crops per side, at evaluation and prediction). "
+                          "Stored with the model."),
         click.option("--face-margin", type=float,
                      help="Margin added on every side of a face crop, as a fraction of the face's size (0.3)."),
         click.option("--frames", type=int, help="Frames sampled uniformly from each video of the dataset (8)."),
+        click.option("--synthetic-fakes", type=click.Choice(SYNTHETIC_KINDS),
+                     help="Make training fakes from the real training images, new every epoch (none): sbi "
+                          "(self-blended faces), resynth (down- and upsampled), both. train/ may then hold real "
+                          "images only."),
+        click.option("--synthetic-fraction", type=float,
+                     help="Share of real training images that also give a synthetic fake each epoch (0.5)."),
         click.option("--epochs", type=int, help="Phase-1 epochs (head on the frozen backbone)."),
         click.option("--fine-tune-epochs", type=int, help="Phase-2 epochs (top backbone stages unfrozen)."),
         click.option("--learning-rate", type=float, help="Phase-1 learning rate."),

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from deepfake.cli.app import SEARCH_SPACE_HELP, config_from_options, main, require, training_options
-from deepfake.objectives import METRICS
+from deepfake.objectives import METRICS, OPTIMISE
 
 DEFAULT_SEARCH_SPACE = "search_space"  # shipped with the package (deepfake/experiments/search_space.yaml)
 
@@ -28,6 +28,13 @@ def tune_options(func: Callable[..., None]) -> Callable[..., None]:
                      help="Validation metric to optimise and prune on."),
         click.option("--heartbeat", default=30, show_default=True, type=click.IntRange(min=1),
                      help="Seconds between trial heartbeats; a trial silent for 2x this is failed and retried."),
+        click.option("--also-data", default=None, type=click.Path(),
+                     help="Also score every trial on this dataset (whole, or its test split; never trained on): "
+                          "how well each detector does on another kind of fake."),
+        click.option("--optimise", default="primary", show_default=True, type=click.Choice(list(OPTIMISE)),
+                     help="What the study maximises: primary (--metric; the --also-data score is recorded), also "
+                          "(the --also-data ROC-AUC) or both (a multi-objective study: Pareto front plotted; the "
+                          "best trial is the Pareto-optimal one with the highest mean of the two)."),
         click.option("--register/--no-register", default=True, show_default=True,
                      help="Register the best trial's model and promote it to @champion if it beats the champion."),
     ]
@@ -40,12 +47,15 @@ def tune_options(func: Callable[..., None]) -> Callable[..., None]:
 @training_options
 @tune_options
 def tune(study_name: str, storage: str, n_trials: int, timeout: float, search_space: str, metric: str, heartbeat: int,
-         register: bool, **options: Any) -> None:
+         also_data: str | None, optimise: str, register: bool, **options: Any) -> None:
     """Run (or resume) an Optuna study of two-phase transfer-learning trainings.
 
     Every trial is an MLflow run nested under the study's parent run, pruned on the
     validation metric per epoch. Start the same command on several machines with a shared
     --storage (PostgreSQL) and MLFLOW_TRACKING_URI to tune in parallel.
+
+    With --also-data every trial is scored on a second dataset too, and --optimise also|both tunes
+    for it (generalisation to another kind of fake).
     """
     from deepfake import registry, tracking, tuning
 
@@ -54,6 +64,7 @@ def tune(study_name: str, storage: str, n_trials: int, timeout: float, search_sp
     space = tuning.load_search_space(search_space)  # a mistake in it stops before anything is recorded
     tracking.setup(cfg.tracking)
     result = tuning.tune(cfg, study_name=study_name, storage=storage, n_trials=n_trials, timeout=timeout or None,
-                         search_space=space, metric=metric, heartbeat_interval=heartbeat, echo=click.echo)
+                         search_space=space, metric=metric, heartbeat_interval=heartbeat, also_data=also_data,
+                         optimise=optimise, echo=click.echo)
     if register:
         registry.register_study_best(result, cfg, echo=click.echo)
