@@ -110,7 +110,7 @@ def training_options(func: Callable) -> Callable:
         click.option("--data", "data", type=click.Path(),
                      help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/."),
         click.option("--config", "config_files", multiple=True, type=click.Path(),
-                     help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real); "
+                     help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real, dfdc_faces); "
                           "later ones win. Repeatable."),
         click.option("--backbone", type=click.Choice(backbones.names()),
                      help="Backbone architecture (default resnet50). efficientnet_lite0/1/2 get ImageNet weights "
