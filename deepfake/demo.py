@@ -306,6 +306,12 @@ def make_video_frames(rng: np.random.Generator, n_frames: int, width: int, heigh
     return frames
 
 
+# FFmpeg's own MPEG-4 part 2 encoder: bit-exact from run to run. libx264 (PyAV 18.1's build) was measured to write
+# different bytes for the same frames now and then (depending on where in memory they lay), which a demo that
+# promises the same bytes for the same arguments cannot have.
+DEMO_VIDEO_CODEC = "mpeg4"
+
+
 def make_demo_video_dataset(
     out_dir: str | Path,
     per_class: int = 12,
@@ -316,22 +322,22 @@ def make_demo_video_dataset(
     fps: int = 8,
     with_images: bool = False,
 ) -> dict[str, dict[str, int]]:
-    """Write ``OUT/{train,val,test}/{real,fake}/*.mp4`` (H.264) split as the image demo is; return the counts of
+    """Write ``OUT/{train,val,test}/{real,fake}/*.mp4`` (MPEG-4) split as the image demo is; return the counts of
     videos per split and class.
 
     With ``with_images`` each folder also gets as many still JPEGs (``*.jpg``, one face each, made the same way),
     for datasets that mix images and videos. The same arguments write the same bytes with the same PyAV build
-    (:func:`deepfake.video.write_video` encodes deterministically: one thread, FFmpeg's ``bitexact``).
+    (MPEG-4 part 2, FFmpeg's own encoder, in ``bitexact`` mode: see :data:`DEMO_VIDEO_CODEC`).
     """
     from deepfake.video import write_video
 
     if min(width, height) < 64:
         raise ValueError(f"frames of {width}x{height} are too small for a detectable face: at least 64x64")
-    width, height = width // 2 * 2, height // 2 * 2  # H.264 in 4:2:0 takes even sides
+    width, height = width // 2 * 2, height // 2 * 2  # 4:2:0 chroma takes even sides
     for folder, cls, label, index in _items(Path(out_dir), per_class, SPLIT_FRACTIONS):
         rng = np.random.default_rng([seed, label, index, 1])  # other streams than the image demo's
         frames = make_video_frames(rng, n_frames, width, height, fake=bool(label))
-        write_video(folder / f"{cls}_{index:05d}.mp4", frames, fps=fps)
+        write_video(folder / f"{cls}_{index:05d}.mp4", frames, fps=fps, codec=DEMO_VIDEO_CODEC)
         if with_images:
             [still] = make_video_frames(np.random.default_rng([seed, label, index, 2]), 1, width, height,
                                         fake=bool(label))

@@ -9,7 +9,7 @@ flips, each with its own stateless seed, so a seeded training run repeats exactl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,14 +174,14 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
     return ds.batch(cfg.batch_size).prefetch(autotune)
 
 
-def synthetic_keypoints(paths, labels, cfg: DataConfig) -> np.ndarray:
+def synthetic_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataConfig) -> np.ndarray:
     """Float32 ``(n, 5, 2)`` face keypoints (pixels of the decoded square; -1: none) for the synthetic fakes."""
     from deepfake import synthetic
 
     return synthetic.training_keypoints(paths, labels, cfg)
 
 
-def synthetic_count(labels, fraction: float) -> int:
+def synthetic_count(labels: Sequence[int], fraction: float) -> int:
     """The synthetic fakes one epoch holds: ``floor(reals * fraction)`` (see :func:`_with_synthetic_fakes`)."""
     reals = np.arange(int(np.sum(np.asarray(labels) == 0)), dtype=np.float64)
     return int(np.sum(np.floor((reals + 1) * fraction) - np.floor(reals * fraction)))
