@@ -19,20 +19,19 @@ import numpy as np
 
 from deepfake import data as D
 from deepfake import evaluation as E
+from deepfake import metrics as MET
 from deepfake import pipeline, plots, tracking
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
 
 COLUMNS = ["held_out", "n_fake", "n_real", "roc_auc", "average_precision", "accuracy", "in_domain_roc_auc"]
-METADATA_FILE = "metadata.csv"
 
 
 def source_of(info: D.DatasetInfo, table: dict[str, str]) -> dict[str, str]:
     """The source of every picture of ``info`` (by its source file: a video's frames share it)."""
     out = {}
     for split in info.splits.values():
-        for picture, group in zip(split.paths, split.group_ids(), strict=True):
-            out[picture] = table.get(str(Path(group).resolve()), "unknown")
+        out.update(zip(split.paths, E.sources_for(split.group_ids(), table), strict=True))
     return out
 
 
@@ -72,23 +71,24 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
         only: Sequence[str] = (), echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Leave each fake source of ``cfg.data.path`` out in turn (``only``: just these); see the module's docstring."""
     root = Path(cfg.data.path)
-    table_path = Path(metadata) if metadata else root / METADATA_FILE
+    table_path = Path(metadata) if metadata else root / E.METADATA_FILE
     if not table_path.is_file():
         raise DeepfakeError(f"--metadata {table_path}: no such file; crossval needs a CSV with columns path,{by} "
-                            f"(give --metadata, or put {METADATA_FILE} in the dataset folder)")
+                            f"(give --metadata, or put {E.METADATA_FILE} in the dataset folder)")
     info = pipeline.prepare_dataset(cfg, echo)
     if "test" not in info.splits:
         raise DeepfakeError(f"--data {root}: crossval needs a test split")
     sources = source_of(info, E.read_metadata(table_path, root, column=by))
-    held = fake_sources(info, sources)
+    found = fake_sources(info, sources)
+    if len(found) < 2:
+        raise DeepfakeError(f"--by {by}: the fakes of {root} have {len(found)} {by}(s); leaving one out needs two")
+    held = found
     if only:
-        missing = sorted(set(only) - set(held))
+        missing = sorted(set(only) - set(found))
         if missing:
             raise DeepfakeError(f"--source {', '.join(missing)}: no fakes with that {by}; the dataset has "
-                                + ", ".join(held))
-        held = [s for s in held if s in only]
-    if len(fake_sources(info, sources)) < 2:
-        raise DeepfakeError(f"--by {by}: the fakes of {root} have {len(held)} {by}(s); leaving one out needs two")
+                                + ", ".join(found))
+        held = [s for s in found if s in only]
     echo(f"Leave-one-{by}-out on {root}: {len(held)} folds ({', '.join(held)})")
 
     out = Path(cfg.train.output_dir) / f"crossval-{by}"
@@ -110,7 +110,7 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
         m = result.test_metrics
         row = {"held_out": source, "n_fake": int(np.sum(test.labels)), "n_real": int(len(test) - np.sum(test.labels)),
                "roc_auc": m["roc_auc"], "average_precision": m["average_precision"], "accuracy": m["accuracy"],
-               "in_domain_roc_auc": _in_domain(result, in_domain_test(info, sources, source), fcfg)}
+               "in_domain_roc_auc": _in_domain(result, in_domain_test(info, sources, source))}
         rows.append(row)
         echo(f"[{source}] held out: ROC-AUC {row['roc_auc']:.4f}, AP {row['average_precision']:.4f}; "
              f"in domain {row['in_domain_roc_auc']:.4f}")
@@ -135,14 +135,14 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
     return {"rows": rows, "run_id": parent_id, "files": [str(out / "crossval.csv"), str(plot)]}
 
 
-def _in_domain(result: pipeline.RunResult, split: D.Split, cfg: Config) -> float:
+def _in_domain(result: pipeline.RunResult, split: D.Split) -> float:
     """The fold detector's ROC-AUC on the test pictures of the sources it trained on."""
     from deepfake.inference import load_predictor
 
     if len(set(split.labels)) < 2:
         return float("nan")
     probs = load_predictor(result.model_dir).predict_split(split)
-    return E.cross_dataset_rows("", split.labels, probs, 0.5)[0]["roc_auc"]
+    return MET.compute_metrics(split.labels, probs)["roc_auc"]
 
 
 def _slug(text: str) -> str:

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -245,6 +245,9 @@ def robustness_sweep(predictor: Detector, split: Split, out_dir: str | Path,
 # --------------------------------------------------------------------------- per source
 
 
+METADATA_FILE = "metadata.csv"  # a dataset's own path,source table (cross-dataset runs, crossval)
+
+
 def read_metadata(csv_path: str | Path, root: str | Path, column: str = "source") -> dict[str, str]:
     """``{absolute image path: source}`` from a CSV with ``path`` and ``source`` (or ``column``) columns."""
     csv_path, root = Path(csv_path), Path(root)
@@ -265,6 +268,11 @@ def read_metadata(csv_path: str | Path, root: str | Path, column: str = "source"
     return out
 
 
+def sources_for(paths: Iterable[str], table: dict[str, str]) -> list[str]:
+    """The source :func:`read_metadata`'s ``table`` gives each of ``paths`` (``unknown`` when it has none)."""
+    return [table.get(str(Path(p).resolve()), "unknown") for p in paths]
+
+
 def per_source_table(paths: Sequence[str], labels: Sequence[int], probs: np.ndarray, threshold: float,
                      sources: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
     """Accuracy, ROC-AUC and share flagged fake, per source.
@@ -275,7 +283,7 @@ def per_source_table(paths: Sequence[str], labels: Sequence[int], probs: np.ndar
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keys = [sources.get(str(Path(p).resolve()), "unknown") for p in paths]
+    keys = sources_for(paths, sources)
     y, p = np.asarray(labels), np.asarray(probs)
     reals = y == 0
     rows = []

@@ -23,7 +23,6 @@ from deepfake.inference import load_predictor
 from deepfake.report import build_report
 
 SOURCE_COLUMNS = ["source", "n", "accuracy", "roc_auc", "flagged_fake"]
-METADATA_FILE = "metadata.csv"  # a dataset's own path,source table, used by cross-dataset runs when present
 ROBUSTNESS_COLUMNS = ["perturbation", "roc_auc", "accuracy", "average_precision", "eer"]
 
 
@@ -33,9 +32,7 @@ def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Pat
     """Evaluate ``model_ref`` (a folder, ``.keras`` file or MLflow model URI) on the dataset ``cfg.data.path``
     as one MLflow run of the experiment ``cfg.tracking`` names (set up by the caller)."""
     data, out = cfg.data.path, Path(out_dir)
-    tags = {"model_uri": model_ref, "deepfake.role": "evaluation"}
-    if model_ref.startswith("models:/"):
-        tags["registered_model"] = model_ref[len("models:/"):]
+    tags = _tags(model_ref, "evaluation")
     predictor = load_predictor(tracking.local_model(model_ref))
     cfg.data.class_names = predictor.meta.class_names
     cfg.data.faces, cfg.data.video = predictor.faces, predictor.video  # pictures made as the model's training made them
@@ -78,6 +75,14 @@ def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Pat
     return result | {"run_id": mlrun.info.run_id, "split": split}
 
 
+def _tags(model_ref: str, role: str) -> dict[str, str]:
+    """An evaluation run's tags: the model's URI (and registered name) and the run's role."""
+    tags = {"model_uri": model_ref, "deepfake.role": role}
+    if model_ref.startswith("models:/"):
+        tags["registered_model"] = model_ref[len("models:/"):]
+    return tags
+
+
 def dataset_names(paths: Sequence[str]) -> list[str]:
     """Short unique names for datasets: their folder names, numbered when two are alike."""
     names = [Path(p).resolve().name or "dataset" for p in paths]
@@ -94,12 +99,10 @@ def run_many(cfg: Config, model_ref: str, datasets: Sequence[str], *, split: str
     ``metadata`` gives one ``path,source`` CSV per dataset, in order; without it a dataset's own
     ``metadata.csv`` is used when it has those columns."""
     out = Path(out_dir)
-    tags = {"model_uri": model_ref, "deepfake.role": "cross-evaluation"}
-    if model_ref.startswith("models:/"):
-        tags["registered_model"] = model_ref[len("models:/"):]
+    tags = _tags(model_ref, "cross-evaluation")
     if metadata and len(metadata) != len(datasets):
         raise DeepfakeError(f"--metadata: give one CSV per --data ({len(datasets)}), or none to use each "
-                              f"dataset's own {METADATA_FILE}")
+                              f"dataset's own {E.METADATA_FILE}")
     predictor = load_predictor(tracking.local_model(model_ref))
     threshold = predictor.meta.threshold
     names = dataset_names(datasets)
@@ -115,16 +118,16 @@ def run_many(cfg: Config, model_ref: str, datasets: Sequence[str], *, split: str
             tracking.log_dataset(info, evaluated=used, name=name)
             result = E.evaluate_predictor(predictor, info, out / name, split=used, model_ref=model_ref, echo=echo)
             sources = None
-            table = Path(metadata[i]) if metadata else Path(data) / METADATA_FILE
-            if table.is_file():
+            csv_path = Path(metadata[i]) if metadata else Path(data) / E.METADATA_FILE
+            if csv_path.is_file():
                 try:
-                    by_path = E.read_metadata(table, data)
+                    by_path = E.read_metadata(csv_path, data)
                 except DeepfakeError as exc:
                     if metadata:
                         raise
-                    echo(f"[{name}] {table} not used: {exc}")
+                    echo(f"[{name}] {csv_path} not used: {exc}")
                 else:
-                    sources = [by_path.get(str(Path(g).resolve()), "unknown") for g in target.group_ids()]
+                    sources = E.sources_for(target.group_ids(), by_path)
             rows += E.cross_dataset_rows(name, target.labels, result["probs"], threshold, sources)
         table = E.cross_dataset_table(rows, out)
         for row in rows:
