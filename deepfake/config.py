@@ -3,9 +3,9 @@
 Resolution order (later wins): dataclass defaults, then each YAML file in turn, then
 command-line overrides. The resolved configuration is saved with every run.
 
-The shipped configurations and search spaces are package data in ``deepfake/experiments/``
-(``configs/*.yaml``, ``search_space*.yaml``), found by name wherever the command runs
-(:func:`find_file`).
+The shipped configurations and search spaces live in the repository's top-level ``experiments/``
+(``configs/*.yaml``, ``search_space*.yaml``), which the build maps into the package as
+``deepfake.experiments``; they are found by name wherever the command runs (:func:`find_file`).
 """
 
 from __future__ import annotations
@@ -251,13 +251,13 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], name))
 
 
-SHIPPED = "experiments"  # package data folder: configs/*.yaml and search_space*.yaml
+SHIPPED = "experiments"  # the repository's experiments/, installed as the package deepfake.experiments
 CONFIGS = "configs"
 
 
 def shipped(*parts: str) -> resources.abc.Traversable:
     """A file or folder shipped with the package, e.g. ``shipped("configs", "demo.yaml")``."""
-    item = resources.files("deepfake").joinpath(SHIPPED)
+    item = resources.files(f"deepfake.{SHIPPED}")
     for part in filter(None, parts):
         item = item.joinpath(part)
     return item
@@ -272,8 +272,8 @@ def shipped_names(folder: str = CONFIGS, prefix: str = "") -> list[str]:
 def find_file(value: str | os.PathLike, folder: str = CONFIGS) -> Path | resources.abc.Traversable:
     """The YAML file ``value`` names: the path itself when it exists (a path the user gives wins),
     else the shipped file of that name in ``folder`` ("" for search spaces). A bare name
-    (``demo``, ``demo.yaml``) or a path in the repository's former ``experiments/`` layout
-    (``experiments/configs/demo.yaml``) finds the shipped file. Returns ``Path(value)`` when
+    (``demo``, ``demo.yaml``) or a path in the repository's ``experiments/`` layout
+    (``experiments/configs/demo.yaml``, from any folder) finds the shipped file. Returns ``Path(value)`` when
     nothing matches, for the caller's "no such file" error."""
     path = Path(value).expanduser()
     if path.is_file() or path.is_absolute():

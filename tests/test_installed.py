@@ -1,6 +1,9 @@
 """Installed, not cloned: the shipped configs and search spaces are package data, found from any folder."""
 
-import fnmatch
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,15 +27,45 @@ def elsewhere(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_shipped_files_are_in_the_package_data():
-    """Every shipped file is matched by pyproject's package-data globs (so a wheel carries it)."""
-    package = Path(C.__file__).parent
-    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["deepfake"]
-    shipped = [p.relative_to(package).as_posix() for p in (package / C.SHIPPED).rglob("*") if p.is_file()]
-    assert sorted(Path(p).stem for p in shipped if p.startswith(f"{C.SHIPPED}/{C.CONFIGS}/")) == SHIPPED_CONFIGS
-    for path in shipped:
-        assert any(fnmatch.fnmatch(path, g) and path.count("/") == g.count("/") for g in globs), path
-    assert not (REPO / "experiments").exists(), "one source of truth: the shipped files live in deepfake/experiments/"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The project's wheel, built as `pip install .` would build it, from a copy of what it is built from (a
+    build/ folder left in the checkout would otherwise hand files to the new wheel)."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("deepfake", C.SHIPPED):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = out.glob("deepfake-*.whl")
+    with zipfile.ZipFile(path) as archive:
+        yield archive
+
+
+def test_the_wheel_carries_the_top_level_experiments_folder(wheel):
+    """One copy in git (the top-level experiments/); the wheel carries it as deepfake/experiments/."""
+    assert not (REPO / "deepfake" / C.SHIPPED).exists(), "one source of truth: the top-level experiments/"
+    in_git = sorted(p.relative_to(REPO).as_posix() for p in (REPO / C.SHIPPED).rglob("*.yaml"))
+    assert sorted(Path(p).stem for p in in_git if p.startswith(f"{C.SHIPPED}/{C.CONFIGS}/")) == SHIPPED_CONFIGS
+    assert sorted(Path(p).stem for p in in_git if "/" not in p[len(C.SHIPPED) + 1:]) == SHIPPED_SPACES
+    names = set(wheel.namelist())
+    for path in in_git:
+        assert f"deepfake/{path}" in names, path
+        assert wheel.read(f"deepfake/{path}") == (REPO / path).read_bytes(), path
+
+
+def test_the_wheel_carries_every_package(wheel):
+    """pyproject.toml lists the packages by name (experiments/ is mapped in): a new subpackage must be listed."""
+    names = set(wheel.namelist())
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "deepfake").rglob("__init__.py")}
+    assert on_disk | {"deepfake.experiments"} == set(packages)
+    for package in packages:
+        assert f"{package.replace('.', '/')}/__init__.py" in names, package
+    for module in (REPO / "deepfake").rglob("*.py"):
+        assert module.relative_to(REPO).as_posix() in names, module
 
 
 def test_tune_default_search_space_loads_from_any_folder(elsewhere, monkeypatch):

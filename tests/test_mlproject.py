@@ -1,9 +1,10 @@
-"""MLproject entry points mirror the CLI, and python_env.yaml has the dependencies pyproject.toml has."""
+"""MLproject entry points mirror the CLI, and conda.yaml has the dependencies pyproject.toml has."""
 
 from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
@@ -14,7 +15,8 @@ from deepfake.cli.app import OPTION_TO_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_TO_COMMAND = {"main": "suite", "demo_data": "demo-data", "train": "train", "tune": "tune",
-                    "evaluate": "evaluate", "sample": "sample", "predict": "predict"}
+                    "evaluate": "evaluate", "sample": "sample", "predict": "predict", "crossval": "crossval",
+                    "export": "export"}
 NOT_MIRRORED = {"set_args", "help", "version", "verbose"}  # repeatable --set has no MLproject form
 
 
@@ -36,7 +38,7 @@ def cli_params(command: click.Command) -> dict[str, click.Parameter]:
 
 def test_every_entry_point_is_a_command():
     points = mlproject()["entry_points"]
-    assert {"main", "demo_data", "train", "tune", "evaluate", "sample", "predict"} <= set(points)
+    assert set(ENTRY_TO_COMMAND) == set(points)
     for name in points:
         assert ENTRY_TO_COMMAND[name] in main.commands, name
 
@@ -47,6 +49,7 @@ def test_parameters_mirror_cli_options(entry):
     command = main.commands[ENTRY_TO_COMMAND[entry]]
     options = cli_params(command)
     assert set(spec["parameters"]) == set(options), f"{entry}: MLproject and `deepfake {command.name}` differ"
+    assert "$(" not in spec["command"] and "[ " not in spec["command"], f"{entry}: no shell in the command"
     # Entry points with a config file take their override defaults from it (as the CLI would).
     config_file = spec["parameters"].get("config", {}).get("default")
     defaults = C.resolve([config_file]).flat() if config_file else {}  # a shipped config's name
@@ -55,6 +58,7 @@ def test_parameters_mirror_cli_options(entry):
         assert f"{{{name}}}" in spec["command"], f"{entry}: parameter {name} is not used in the command"
         if isinstance(option, click.Option) and option.is_flag:
             assert param_spec["type"] == "string" and param_spec["default"] in ("true", "false")
+            assert f"{max(option.opts, key=len)}={{{name}}}" in spec["command"], f"{entry}: pass --flag={{{name}}}"
             assert (param_spec["default"] == "true") == (option.default is True), f"{entry}.{name}"
             continue
         kind = {"int": (click.types.IntParamType,), "float": (click.types.FloatParamType,)}.get(param_spec["type"])
@@ -72,15 +76,40 @@ def test_parameters_mirror_cli_options(entry):
         assert param_spec["default"] == default, f"{entry}.{name}: {param_spec['default']!r} != CLI {default!r}"
 
 
-def test_python_env_has_the_same_dependencies_as_pyproject():
-    assert mlproject()["python_env"] == "python_env.yaml"  # MLflow allows one environment file
-    assert "conda_env" not in mlproject() and not (REPO / "conda.yaml").exists()
+@pytest.mark.parametrize("args, expected", [
+    (["--faces=true", "--resume=false", "--register=true"], {"faces": True, "resume": False, "register": True}),
+    (["--faces=false", "--register=0"], {"faces": False, "register": False}),  # --faces=false is --no-faces
+    (["--faces", "--resume"], {"faces": True, "resume": True}),  # the plain flags still work
+    (["--frames=", "--epochs=", "--epochs=3"], {"frames": None, "epochs": 3}),  # an empty value is not given
+])
+def test_flags_take_true_or_false_and_empty_values_are_not_given(args, expected):
+    """What MLproject passes: --flag={param} with "true"/"false", --option={param} with "" for not given."""
+    params = main.commands["train"].make_context("train", args).params
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_a_flag_given_anything_but_true_or_false_is_one_line_error():
+    result = CliRunner().invoke(main, ["train", "--data", ".", "--faces=maybe"])
+    assert result.exit_code == 2
+    assert "--faces=maybe: give --faces=true or --faces=false" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_conda_env_has_the_same_dependencies_as_pyproject():
+    assert mlproject()["conda_env"] == "conda.yaml"  # MLflow allows one environment file
+    assert "python_env" not in mlproject() and not (REPO / "python_env.yaml").exists()
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    env = yaml.safe_load((REPO / "python_env.yaml").read_text())
+    env = yaml.safe_load((REPO / "conda.yaml").read_text())
+    (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
     # then the project itself, with TensorFlow for the CPU (the extra `cpu`; `gpu` is the other build)
-    assert env["dependencies"] == [*pyproject["project"]["dependencies"], ".[cpu]"]
-    assert set(env["build_dependencies"]) == {"pip", *pyproject["build-system"]["requires"]}
-    assert SpecifierSet(pyproject["project"]["requires-python"]).contains(env["python"])
+    assert pip == [*pyproject["project"]["dependencies"], ".[cpu]"]
+    # What --env-manager virtualenv and uv make of it (MLflow's own reading of a conda file).
+    from mlflow.utils.environment import _PythonEnv
+
+    python_env = _PythonEnv.from_conda_yaml(REPO / "conda.yaml")
+    assert python_env.dependencies == pip
+    assert set(python_env.build_dependencies) == {"pip", *pyproject["build-system"]["requires"]}
+    assert SpecifierSet(pyproject["project"]["requires-python"]).contains(python_env.python)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -58,9 +58,43 @@ TENSORFLOW_MISSING = ("TensorFlow is not installed: pip install 'deepfake[cpu]' 
                       "NVIDIA GPU)")
 
 
+class DeepfakeCommand(click.Command):
+    """A command that also takes every on/off flag as ``--flag=true`` / ``--flag=false`` and an empty value
+    (``--option=``) as an option not given: the forms an MLproject entry point passes, whose parameters are
+    strings, without shell conditionals. ``--faces=false`` is ``--no-faces``; ``--video=false`` is no ``--video``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, list(self._plain_args(ctx, args)))
+
+    def _plain_args(self, ctx: click.Context, args: list[str]) -> Iterator[str]:
+        flags = {name: p for p in self.params if isinstance(p, click.Option) and p.is_flag for name in p.opts}
+        valued = {name for p in self.params if isinstance(p, click.Option) and not p.is_flag for name in p.opts}
+        for i, arg in enumerate(args):
+            if arg == "--":
+                yield from args[i:]
+                return
+            name, eq, value = arg.partition("=")
+            if not eq or not name.startswith("--"):
+                yield arg
+            elif name in flags:
+                try:
+                    on = click.BOOL.convert(value, None, ctx)
+                except click.BadParameter:
+                    raise click.BadParameter(f"{arg}: give {name}=true or {name}=false", ctx) from None
+                option = flags[name]
+                if on:
+                    yield name
+                elif option.secondary_opts:
+                    yield option.secondary_opts[0]
+            elif not (name in valued and value == ""):
+                yield arg
+
+
 class DeepfakeGroup(click.Group):
     """A click group that turns user errors into one line and exit code 2 (TensorFlow missing, which happens
-    when neither of the extras ``cpu`` and ``gpu`` was installed, too)."""
+    when neither of the extras ``cpu`` and ``gpu`` was installed, too). Its commands are DeepfakeCommands."""
+
+    command_class = DeepfakeCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -10,7 +10,7 @@ import click
 from deepfake.cli.app import SEARCH_SPACE_HELP, config_from_options, main, require, training_options
 from deepfake.objectives import METRICS, OPTIMISE
 
-DEFAULT_SEARCH_SPACE = "search_space"  # shipped with the package (deepfake/experiments/search_space.yaml)
+DEFAULT_SEARCH_SPACE = "search_space"  # shipped in experiments/search_space.yaml (installed as deepfake.experiments)
 
 
 def tune_options(func: Callable[..., None]) -> Callable[..., None]:
