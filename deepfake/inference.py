@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import keras
     import pandas as pd
 
-    from deepfake.config import DataConfig
+    from deepfake.config import Config, DataConfig
     from deepfake.data import Split
     from deepfake.media import Media
 
@@ -60,6 +60,14 @@ class ModelMeta:
     video: dict = field(default_factory=dict)  # the VideoConfig it was trained with (frame sampling, aggregation)
     fit: str = "resize"  # data.fit: resize (older models), or crop: the mean over a grid of crops at full resolution
     test_crops: int = 3  # data.test_crops: for fit crop, at most this many crops per side
+
+    @classmethod
+    def from_config(cls, cfg: Config, **fitted: Any) -> ModelMeta:
+        """The metadata of a detector trained with ``cfg``; ``fitted``: what its training found (``threshold``,
+        ``temperature``, ``weights_source``)."""
+        d = cfg.data
+        return cls(class_names=list(d.class_names), image_size=d.image_size, backbone=cfg.model.backbone,
+                   faces=asdict(d.faces), video=asdict(d.video), fit=d.fit, test_crops=d.test_crops, **fitted)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelMeta:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,11 +105,17 @@ def evaluate_split(model: keras.Model, split: D.Split, cfg: Config, out_dir: Pat
                    temperature: float = 1.0) -> dict[str, Any]:
     """Predict one split (calibrated, in file order) and write its metrics, confusion matrix, report and curves."""
     probs = apply_temperature(split_probabilities(model, split, cfg), temperature)
-    result = evaluation.evaluate_predictions(
-        split.labels, probs, out_dir, class_names=cfg.data.class_names, threshold=threshold, prefix=prefix
-    )
-    videos = evaluation.evaluate_per_source(split, probs, out_dir, cfg.data.video, class_names=cfg.data.class_names,
-                                            threshold=threshold, prefix=prefix)
+    return _evaluate(split, probs, cfg, out_dir, threshold, prefix)
+
+
+def _evaluate(split: D.Split, probs: np.ndarray, cfg: Config, out_dir: Path, threshold: float, prefix: str,
+              figures: bool = True) -> dict[str, Any]:
+    """The metrics and files of one split's calibrated probabilities, per picture and per source (video)."""
+    names = cfg.data.class_names
+    result = evaluation.evaluate_predictions(split.labels, probs, out_dir, class_names=names, threshold=threshold,
+                                             prefix=prefix, figures=figures)
+    videos = evaluation.evaluate_per_source(split, probs, out_dir, cfg.data.video, class_names=names,
+                                            threshold=threshold, prefix=prefix, figures=figures)
     return result | {"probs": probs, "per_video": videos}
 
 
@@ -124,19 +130,57 @@ def split_probabilities(model: keras.Model, split: D.Split, cfg: Config, ds: Any
     return training.predict_probabilities(model, ds)
 
 
-def _log_also(evaluated: dict[str, Any], echo: Callable[[str], None]) -> None:
-    """The second dataset's metrics (``also_*``), logged to the active run."""
-    tracking.log_metrics(evaluated["metrics"], prefix="also_")
-    echo(MET.format_metrics_table(evaluated["metrics"], title="Second dataset (--also-data)"))
+@dataclass
+class Scores:
+    """What a run's evaluation found (:func:`_evaluate_and_log`): the temperature and threshold chosen on validation,
+    and the evaluated splits (:func:`_evaluate`'s dicts): val, test and the second dataset (``None`` without one)."""
+
+    threshold: float
+    temperature: float
+    val: dict[str, Any]
+    test: dict[str, Any]
+    also: dict[str, Any] | None
+
+    def result(self, **rest: Any) -> RunResult:
+        """The run's :class:`RunResult` with these scores; ``rest``: the other fields."""
+        return RunResult(threshold=self.threshold, test_metrics=self.test["metrics"],
+                         val_metrics=self.val["metrics"], files=self.test["files"],
+                         also_metrics=self.also["metrics"] if self.also else None, **rest)
 
 
-def _log_per_video(evaluated: dict[str, Any], prefix: str, echo: Callable[[str], None]) -> None:
-    """Log and print the per-video metrics of an evaluated split that holds videos (or face crops of images)."""
-    videos = evaluated.get("per_video")
-    if videos is None:
-        return
-    tracking.log_metrics(videos["metrics"], prefix=f"{prefix}_video_")
-    echo(MET.format_metrics_table(videos["metrics"], title=f"{prefix} metrics per video ({videos['n']} sources)"))
+def _evaluate_and_log(cfg: Config, raw: Callable[[str, D.Split], np.ndarray], splits: dict[str, D.Split],
+                      eval_dir: Path, *, figures: bool, echo: Callable[[str], None]) -> Scores:
+    """The second half of a run, the same for a detector and for a head on cached features: ``raw(name, split)``
+    gives the model's raw probabilities of a split; the temperature and threshold are chosen on validation, then
+    test (and the second dataset, ``splits[ALSO_DIR]``, when there is one) is scored at that threshold and at 0.5.
+    The metrics and reports go under ``eval_dir`` (the figures only with ``figures``), the metrics to the active
+    run, and the test table is printed."""
+    val = splits["val"]
+    raw_val = raw("val", val)
+    temperature = fit_temperature(val.labels, raw_val) if cfg.train.calibrate else 1.0
+    val_probs = apply_temperature(raw_val, temperature)
+    threshold = MET.choose_threshold(val.labels, val_probs, method="youden")
+    val_eval = evaluation.evaluate_predictions(val.labels, val_probs, eval_dir, class_names=cfg.data.class_names,
+                                               threshold=threshold, prefix="val", figures=figures)
+    val_eval["probs"] = val_probs
+    scored = {name: _evaluate(splits[name], apply_temperature(raw(name, splits[name]), temperature), cfg,
+                              eval_dir if name == "test" else eval_dir / ALSO_DIR, threshold, name, figures)
+              for name in ("test", ALSO_DIR) if name in splits}
+    test_eval, also_eval = scored["test"], scored.get(ALSO_DIR)
+    tracking.log_metrics({"threshold": threshold, "temperature": temperature}
+                         | {f"val_final_{k}": v for k, v in val_eval["metrics"].items()}
+                         | {f"test_{k}": v for k, v in test_eval["metrics"].items()}
+                         | {f"test_at_0.5_{k}": v for k, v in test_eval["metrics_at_0.5"].items()})
+    echo(MET.format_metrics_table(test_eval["metrics"],
+                                  title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+    videos = test_eval["per_video"]
+    if videos is not None:  # a test split of videos (or of face crops of images)
+        tracking.log_metrics(videos["metrics"], prefix="test_video_")
+        echo(MET.format_metrics_table(videos["metrics"], title=f"test metrics per video ({videos['n']} sources)"))
+    if also_eval is not None:  # a second dataset (deepfake tune --also-data): how the model does off its domain
+        tracking.log_metrics(also_eval["metrics"], prefix="also_")
+        echo(MET.format_metrics_table(also_eval["metrics"], title="Second dataset (--also-data)"))
+    return Scores(threshold, temperature, val_eval, test_eval, also_eval)
 
 
 def run(
@@ -212,57 +256,22 @@ def run(
         tracking.set_tags({f"runtime.{k}": v for k, v in result.runtime.items()})
         model = M.as_float32(result.model, cfg)  # evaluate, save and serve in float32
 
-        # Temperature and threshold on validation; then the test split at that threshold and at 0.5.
-        raw_val = split_probabilities(model, info.splits["val"], cfg, val_ds)
-        temperature = fit_temperature(info.splits["val"].labels, raw_val) if cfg.train.calibrate else 1.0
-        val_ds_probs = apply_temperature(raw_val, temperature)
-        threshold = MET.choose_threshold(info.splits["val"].labels, val_ds_probs, method="youden")
-        val_eval = evaluation.evaluate_predictions(
-            info.splits["val"].labels, val_ds_probs, eval_dir, class_names=cfg.data.class_names,
-            threshold=threshold, prefix="val",
-        )
-        test_eval = evaluate_split(model, info.splits["test"], cfg, eval_dir, threshold, "test", temperature)
+        scores = _evaluate_and_log(
+            cfg, lambda name, split: split_probabilities(model, split, cfg, val_ds if name == "val" else None),
+            info.splits if also is None else {**info.splits, ALSO_DIR: also}, eval_dir, figures=True, echo=echo)
         history_png = plots.plot_history(result.history, eval_dir / "training_curves.png", result.phase_boundary)
-
         weights_source = (result.weights_info.source if result.weights_info
                           else (previous or {}).get("weights_source", "unknown"))
-        meta = ModelMeta(threshold=threshold, class_names=list(cfg.data.class_names),
-                         image_size=cfg.data.image_size, weights_source=weights_source, temperature=temperature,
-                         backbone=cfg.model.backbone, faces=asdict(cfg.data.faces), video=asdict(cfg.data.video),
-                         fit=cfg.data.fit, test_crops=cfg.data.test_crops)
+        meta = ModelMeta.from_config(cfg, threshold=scores.threshold, temperature=scores.temperature,
+                                     weights_source=weights_source)
         model_dir = save_detector(model, meta, out_dir / "model")
-
-        tracking.log_metrics({"threshold": threshold, "temperature": temperature})
-        tracking.log_metrics(val_eval["metrics"], prefix="val_final_")
-        tracking.log_metrics(test_eval["metrics"], prefix="test_")
-        tracking.log_metrics(test_eval["metrics_at_0.5"], prefix="test_at_0.5_")
         tracking.log_artifacts([eval_dir], "evaluation")
         tracking.log_artifacts([history_png], "evaluation")
         model_uri = (tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements(meta))
                      if cfg.tracking.log_model else None)
-
-        echo(MET.format_metrics_table(test_eval["metrics"],
-                                      title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
-        _log_per_video(test_eval, "test", echo)
-        also_eval = None
-        if also is not None:  # a second dataset (deepfake tune --also-data): how the detector does off its domain
-            also_eval = evaluate_split(model, also, cfg, eval_dir / ALSO_DIR, threshold, "also", temperature)
-            _log_also(also_eval, echo)
         echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
-        return RunResult(
-            run_id=run_id,
-            model_dir=model_dir,
-            model_uri=model_uri,
-            threshold=threshold,
-            test_metrics=test_eval["metrics"],
-            val_metrics=val_eval["metrics"],
-            history=result.history,
-            out_dir=out_dir,
-            dataset=info,
-            files=test_eval["files"],
-            seconds=time.time() - started,
-            also_metrics=also_eval["metrics"] if also_eval else None,
-        )
+        return scores.result(run_id=run_id, model_dir=model_dir, model_uri=model_uri, history=result.history,
+                             out_dir=out_dir, dataset=info, seconds=time.time() - started)
 
 
 def head_only(cfg: Config) -> bool:
@@ -302,58 +311,25 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
         callbacks=[tracking.EpochLogger(), *callbacks], state_extra={"mlflow_run_id": run_id}, verbose=verbose,
     )
     cached, head = found["features"], result.model
-
-    # Temperature and threshold on validation; then the test split at that threshold and at 0.5.
-    raw_val = training.predict_features(head, cached.arrays["val"])
-    temperature = fit_temperature(val.labels, raw_val) if cfg.train.calibrate else 1.0
-    val_probs = apply_temperature(raw_val, temperature)
-    threshold = MET.choose_threshold(val.labels, val_probs, method="youden")
-    test_probs = apply_temperature(training.predict_features(head, cached.arrays["test"]), temperature)
-    names = cfg.data.class_names
-    val_eval = evaluation.evaluate_predictions(val.labels, val_probs, eval_dir, class_names=names,
-                                               threshold=threshold, prefix="val", figures=False)
-    test_eval = evaluation.evaluate_predictions(test.labels, test_probs, eval_dir, class_names=names,
-                                                threshold=threshold, prefix="test", figures=False)
-    test_eval["per_video"] = evaluation.evaluate_per_source(test, test_probs, eval_dir, cfg.data.video,
-                                                            class_names=names, threshold=threshold, prefix="test",
-                                                            figures=False)
+    scores = _evaluate_and_log(cfg, lambda name, _: training.predict_features(head, cached.arrays[name]),
+                               scored.splits, eval_dir, figures=False, echo=echo)
     with (eval_dir / PREDICTIONS_FILE).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "path", "label", "probability"])
-        for name, split, probs in (("val", val, val_probs), ("test", test, test_probs)):
+        for name, split, probs in (("val", val, scores.val["probs"]), ("test", test, scores.test["probs"])):
             writer.writerows((name, path, int(y), repr(float(p)))
                              for path, y, p in zip(split.paths, split.labels, probs, strict=True))
     (eval_dir / HISTORY_FILE).write_text(json.dumps({"history": result.history,
                                                      "phase_boundary": result.phase_boundary}))
-    meta = ModelMeta(threshold=threshold, class_names=list(names), image_size=cfg.data.image_size,
-                     weights_source=cached.weights_info.source, temperature=temperature, backbone=cfg.model.backbone,
-                     faces=asdict(cfg.data.faces), video=asdict(cfg.data.video), fit=cfg.data.fit,
-                     test_crops=cfg.data.test_crops)
+    meta = ModelMeta.from_config(cfg, threshold=scores.threshold, temperature=scores.temperature,
+                                 weights_source=cached.weights_info.source)
     meta_path = meta.save(ckpt_dir / META_FILE)
-
-    tracking.log_metrics({"threshold": threshold, "temperature": temperature}
-                         | {f"val_final_{k}": v for k, v in val_eval["metrics"].items()}
-                         | {f"test_{k}": v for k, v in test_eval["metrics"].items()}
-                         | {f"test_at_0.5_{k}": v for k, v in test_eval["metrics_at_0.5"].items()})
     tracking.log_artifacts([eval_dir], "evaluation")
     tracking.log_artifacts([result.best_path, meta_path], HEAD_DIR)
     tracking.set_tags({f"runtime.{k}": v for k, v in result.runtime.items()}
                       | {MODEL_TAG: "head", FINGERPRINT_TAG: cached.fingerprint})
-    echo(MET.format_metrics_table(test_eval["metrics"],
-                                  title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
-    _log_per_video(test_eval, "test", echo)
-    also_eval = None
-    if also is not None:
-        also_probs = apply_temperature(training.predict_features(head, cached.arrays[ALSO_DIR]), temperature)
-        also_eval = evaluation.evaluate_predictions(also.labels, also_probs, eval_dir / ALSO_DIR, class_names=names,
-                                                    threshold=threshold, prefix="also", figures=False)
-        _log_also(also_eval, echo)
-    return RunResult(
-        run_id=run_id, model_dir=ckpt_dir, model_uri=None, threshold=threshold, test_metrics=test_eval["metrics"],
-        val_metrics=val_eval["metrics"], history=result.history, out_dir=out_dir, dataset=info,
-        files=test_eval["files"], seconds=time.time() - started, head_only=True,
-        also_metrics=also_eval["metrics"] if also_eval else None,
-    )
+    return scores.result(run_id=run_id, model_dir=ckpt_dir, model_uri=None, history=result.history, out_dir=out_dir,
+                         dataset=info, seconds=time.time() - started, head_only=True)
 
 
 def assemble(run_id: str, *, echo: Callable[[str], None] = print) -> str:
