@@ -26,6 +26,30 @@ def exception_chain(exc: BaseException | None, *, suppressed_context: bool = Tru
         exc = exc.__cause__ or (None if hidden else exc.__context__)
 
 
+def outage_cause(exc: BaseException | None, *, suppressed_context: bool = True) -> BaseException | None:
+    """The network or database error behind ``exc`` (``exc`` itself or one in its :func:`exception_chain`) when
+    it means a service cannot be reached or is busy: a refused, reset or timed-out connection, an HTTP client's
+    retries exhausted, a database that is down, locked or dropped the connection. None for any other error.
+
+    The one rule for what counts as an outage: the MLflow tracking store's (:func:`deepfake.tracking.unreachable`)
+    and the Optuna database's (retried by the tuning storage) alike."""
+    if exc is None:
+        return None
+    import requests  # imported here: this module stays light to import
+    import sqlalchemy.exc
+
+    outages = (ConnectionError, TimeoutError,  # socket errors: refused, reset, timed out
+               requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
+               sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,  # database down, locked, gone
+               sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)  # connection dropped, pool timeout
+    for error in exception_chain(exc, suppressed_context=suppressed_context):
+        if isinstance(error, outages):
+            return error
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return error
+    return None
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type), for one-line errors."""
     text = str(exc).strip()

@@ -27,7 +27,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from deepfake.config import Config, TrackingConfig, default_tracking_uri
-from deepfake.errors import DeepfakeError, exception_chain, first_line
+from deepfake.errors import DeepfakeError, first_line, outage_cause
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,17 +134,13 @@ def quiet_downloads() -> Iterator[None]:
 
 def unreachable(exc: BaseException) -> str | None:
     """One line naming the tracking store when ``exc`` (or an error behind it) means it cannot be reached
-    (connection refused or timed out, retries exhausted); None for any other error."""
-    import requests
-    import sqlalchemy.exc
-
-    network = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-               requests.exceptions.RetryError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-    for error in exception_chain(exc, suppressed_context=False):
-        if isinstance(error, network):
-            return (f"--tracking-uri {mlflow.get_tracking_uri()}: the MLflow tracking store cannot be reached "
-                    f"({first_line(error, 160)})")
-    return None
+    (connection refused or timed out, retries exhausted: :func:`deepfake.errors.outage_cause`); None for any
+    other error. An error raised ``from None`` hides what it was raised while handling."""
+    error = outage_cause(exc, suppressed_context=False)
+    if error is None:
+        return None
+    return (f"--tracking-uri {mlflow.get_tracking_uri()}: the MLflow tracking store cannot be reached "
+            f"({first_line(error, 160)})")
 
 
 @contextlib.contextmanager

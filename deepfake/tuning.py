@@ -34,7 +34,7 @@ from optuna_integration import KerasPruningCallback
 
 from deepfake import config as C
 from deepfake import pipeline, tracking
-from deepfake.errors import DeepfakeError, exception_chain, first_line
+from deepfake.errors import DeepfakeError, exception_chain, first_line, outage_cause
 from deepfake.objectives import METRICS, OPTIMISE
 
 log = logging.getLogger(__name__)
@@ -280,19 +280,6 @@ class StorageUnreachable(DeepfakeError):
     """The Optuna database stayed unreachable for longer than the storage rides out."""
 
 
-def _outage_error(exc: BaseException) -> BaseException | None:
-    """The database error behind ``exc`` when it means the database cannot be reached or is busy, else None."""
-    import sqlalchemy.exc
-
-    for error in exception_chain(exc):
-        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                              sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
-            return error
-        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-            return error
-    return None
-
-
 class RetryingStorage(optuna.storages.BaseStorage, optuna.storages._heartbeat.BaseHeartbeat):
     """Optuna's RDB storage, riding out database outages (a PostgreSQL restart, say).
 
@@ -317,7 +304,7 @@ class RetryingStorage(optuna.storages.BaseStorage, optuna.storages._heartbeat.Ba
                     # An earlier attempt was committed although its answer was lost.
                     trial = self.rdb.get_trial(args[0] if args else kwargs["trial_id"])
                     return trial.state == kwargs.get("state", args[1] if len(args) > 1 else None)
-                cause = _outage_error(exc)
+                cause = outage_cause(exc)
                 if cause is None:
                     raise
                 now = time.monotonic()
@@ -715,7 +702,9 @@ class TrackingUnreachable(DeepfakeError):
 
 
 def _outage(exc: BaseException) -> DeepfakeError | None:
-    """The outage behind ``exc`` (Optuna's database or the MLflow tracking store), or None."""
+    """The outage behind ``exc`` (Optuna's database or the MLflow tracking store), or None: one already
+    reported as such, else a network or database error (:func:`deepfake.errors.outage_cause`, worded by
+    :func:`deepfake.tracking.unreachable`)."""
     for error in exception_chain(exc):
         if isinstance(error, (StorageUnreachable, TrackingUnreachable)):
             return error
