@@ -101,11 +101,11 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
     rows = []
     for i, source in enumerate(held, 1):
         echo(f"\n=== fold {i}/{len(held)}: without {by} {source!r} ===")
-        fcfg = copy.deepcopy(cfg)
-        fcfg.train.output_dir = str(out / _slug(source))
+        fcfg, slug = copy.deepcopy(cfg), MET.safe_name(source)
+        fcfg.train.output_dir = str(out / slug)
         fcfg.data.leakage_check = fcfg.data.audit = False  # done once above, on the whole dataset
         result = pipeline.run(fcfg, dataset=fold(info, sources, source), parent_run_id=parent_id,
-                              run_name=f"without-{_slug(source)}", tags={"crossval.held_out": source}, echo=echo)
+                              run_name=f"without-{slug}", tags={"crossval.held_out": source}, echo=echo)
         test = result.dataset.splits["test"]
         m = result.test_metrics
         row = {"held_out": source, "n_fake": int(np.sum(test.labels)), "n_real": int(len(test) - np.sum(test.labels)),
@@ -126,8 +126,8 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
     text = E.format_table(rows, COLUMNS)
     with tracking.start_run(run_id=parent_id):
         for r in rows:
-            tracking.log_metrics({f"held_out.{_slug(r['held_out'])}.roc_auc": r["roc_auc"],
-                                  f"held_out.{_slug(r['held_out'])}.average_precision": r["average_precision"]})
+            key = f"held_out.{MET.safe_name(r['held_out'])}"
+            tracking.log_metrics({f"{key}.roc_auc": r["roc_auc"], f"{key}.average_precision": r["average_precision"]})
         tracking.log_metrics({"mean_held_out_roc_auc": mean["roc_auc"]})
         tracking.log_artifacts([out / "crossval.csv", plot], "crossval")
     echo(f"\nLeave-one-{by}-out (each detector's threshold chosen on its validation split):\n{text}")
@@ -144,6 +144,3 @@ def _in_domain(result: pipeline.RunResult, split: D.Split) -> float:
     probs = load_predictor(result.model_dir).predict_split(split)
     return MET.compute_metrics(split.labels, probs)["roc_auc"]
 
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

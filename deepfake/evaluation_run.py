@@ -9,13 +9,13 @@ are written to the output folder and logged with the run.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from deepfake import data as D
 from deepfake import evaluation as E
+from deepfake import metrics as MET
 from deepfake import tracking
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
@@ -59,7 +59,7 @@ def run(cfg: Config, model_ref: str, *, split: str = "auto", metadata: str | Pat
                                        sources, out)
             echo("\nPer source:\n" + E.format_table(table["rows"], SOURCE_COLUMNS))
             for row in table["rows"]:
-                tracking.log_metrics({f"source.{row['source']}.accuracy": row["accuracy"]})
+                tracking.log_metrics({f"source.{MET.safe_name(row['source'])}.accuracy": row["accuracy"]})
         if robustness:
             sweep = E.robustness_sweep(predictor, target, out)
             echo("\nRobustness:\n" + E.format_table(sweep["rows"], ROBUSTNESS_COLUMNS))
@@ -132,8 +132,8 @@ def run_many(cfg: Config, model_ref: str, datasets: Sequence[str], *, split: str
         table = E.cross_dataset_table(rows, out)
         for row in rows:
             key = row["dataset"] if row["source"] == E.ALL_SOURCES else f"{row['dataset']}.{row['source']}"
-            key = re.sub(r"[^\w\-. /]", "_", key)  # the characters MLflow allows in a metric name
-            tracking.log_metrics({f"cross.{key}.{m}": row[m] for m in ("roc_auc", "average_precision", "accuracy")})
+            tracking.log_metrics({f"cross.{MET.safe_name(key)}.{m}": row[m]
+                                  for m in ("roc_auc", "average_precision", "accuracy")})
         echo(f"\nCross-dataset (threshold {threshold:.3f}, stored with the model):\n"
              + E.format_table(rows, E.CROSS_COLUMNS))
         tracking.log_artifacts([out], "evaluation")

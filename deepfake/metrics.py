@@ -2,10 +2,12 @@
 :mod:`deepfake.plots` draws the figures.
 
 Labels: 0 = real (negative), 1 = fake (positive). Probabilities are the fake probability.
+:func:`safe_name` makes a dataset's or a source's name fit for a metric's name (and a folder's).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,3 +140,11 @@ def format_metrics_table(metrics: dict[str, Any], title: str = "", keys: Sequenc
             text = str(value)
         lines.append(f"{key:<{width}}  {text:>10}")
     return "\n".join(lines)
+
+
+def safe_name(text: str) -> str:
+    """``text`` made fit to stand in an MLflow metric name (``held_out.<name>.roc_auc``) and as a file or folder
+    name: every character but letters, digits, ``_``, ``-`` and ``.`` becomes ``_`` (so never a path: no ``/``),
+    as do the dots of a name of dots only (``.``, ``..``); an empty ``text`` gives ``_``."""
+    name = re.sub(r"[^\w.-]", "_", text)
+    return name if name.strip(".") else name.replace(".", "_") or "_"

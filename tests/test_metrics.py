@@ -121,3 +121,30 @@ def test_plots_write_pngs(tmp_path):
     ]
     for p in paths:
         assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+NAMES = [
+    ("gen-a", "gen-a"), ("stylegan2.1_ffhq", "stylegan2.1_ffhq"), ("Ünïcödé", "Ünïcödé"),  # kept as they are
+    ("a b/c:d\\e", "a_b_c_d_e"), ("x\ny", "x_y"),  # no spaces, slashes or other characters
+    ("..", "__"), (".", "_"), ("", "_"),  # never a folder's parent, itself or nothing
+]
+
+
+@pytest.mark.parametrize("text, name", NAMES)
+def test_safe_name_fits_a_folder(text, name, tmp_path):
+    assert MET.safe_name(text) == name
+    assert MET.safe_name(name) == name  # a safe name stays as it is
+    folder = tmp_path / MET.safe_name(text)
+    folder.mkdir()
+    assert folder.parent == tmp_path and folder.name == name
+
+
+def test_safe_names_are_metric_names_mlflow_accepts(tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run() as run:
+        for text, _ in NAMES:
+            mlflow.log_metric(f"held_out.{MET.safe_name(text)}.roc_auc", 0.5)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert set(logged) == {f"held_out.{name}.roc_auc" for _, name in NAMES}
