@@ -1,9 +1,17 @@
-"""Shared fixtures: tiny generated datasets (no test needs real data or the network)."""
+"""Shared fixtures: tiny generated datasets and tiny detectors (no test needs real data or the network).
+
+The tiny configuration itself is :func:`tests.helpers.tiny_config` (32 px, random weights, an 8-unit head);
+``tiny_cfg`` binds it to the test's own output folder, and ``untrained_detector`` is that model built and saved
+once per session (``detector_copy`` gives a test its own copy, with its own metadata).
+"""
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
+
+from tests.helpers import copy_detector, tiny_config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_MLFLOW_ENV = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
@@ -17,6 +25,40 @@ def tiny_split_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_split")
     make_demo_dataset(root, per_class=12, size=32, seed=7)
     return root
+
+
+@pytest.fixture()
+def tiny_cfg(tmp_path):
+    """``tiny_cfg(*sets, data=None)``: the tiny configuration with its outputs under this test's tmp_path."""
+
+    def make(*sets: str, data: object = None):
+        return tiny_config(*sets, data=data, out=tmp_path / "out")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def untrained_detector(tmp_path_factory) -> Path:
+    """The tiny ResNet50 detector (32 px, head [8], seeded random weights), built and saved once: a folder with
+    model.keras and model.meta.json (threshold 0.5). Enough for every test of the mechanics around a model."""
+    import keras
+
+    from deepfake import model as M
+    from deepfake.inference import ModelMeta, save_detector
+
+    keras.utils.set_random_seed(0)  # the same detector every run
+    folder = tmp_path_factory.mktemp("untrained_detector")
+    return save_detector(M.build_model(tiny_config()), ModelMeta(threshold=0.5, image_size=32), folder)
+
+
+@pytest.fixture()
+def detector_copy(untrained_detector, tmp_path):
+    """``detector_copy(folder=None, **meta)``: a copy of the untrained detector with metadata fields changed."""
+
+    def make(folder: Path | None = None, **meta) -> Path:
+        return copy_detector(untrained_detector, folder or tmp_path / "detector", **meta)
+
+    return make
 
 
 @pytest.fixture()

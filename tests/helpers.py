@@ -14,3 +14,32 @@ def png_bomb(path: Path, width: int = 50000, height: int = 50000) -> Path:
             + chunk(b"IEND", b""))
     path.write_bytes(body)
     return path
+
+
+# The tiny model every test builds or trains unless it tests a size or backbone: 32 px, random weights, an 8-unit
+# head, no feature cache. `tiny_config(*sets)` is it as a Config; later KEY=VALUE settings win.
+TINY = ("data.image_size=32", "data.batch_size=8", "model.weights=none", "model.head_units=[8]",
+        "train.feature_cache=false")
+# The same as `deepfake train`/`tune` options, for tests that run the command line.
+TINY_ARGS = ("--image-size", "32", "--batch-size", "8", "--weights", "none", "--set", "model.head_units=[8]",
+             "--set", "train.feature_cache=false")
+
+
+def tiny_config(*sets: str, data: object = None, out: object = None):
+    """The tiny configuration (:data:`TINY`), on dataset ``data`` with outputs under ``out``, then ``sets``."""
+    from deepfake import config as C
+
+    where = [f"data.path={data}"] * (data is not None) + [f"train.output_dir={out}"] * (out is not None)
+    return C.resolve(set_args=[*TINY, *where, *sets])
+
+
+def copy_detector(source: Path, folder: Path, **meta: object) -> Path:
+    """A copy of the saved detector in ``source`` at ``folder``, with the given ModelMeta fields changed."""
+    import shutil
+
+    from deepfake.inference import META_FILE, ModelMeta
+
+    folder = Path(folder)
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    ModelMeta(**{**vars(ModelMeta.load(Path(source) / META_FILE)), **meta}).save(folder / META_FILE)
+    return folder

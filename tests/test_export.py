@@ -11,13 +11,12 @@ from deepfake import model as M
 from deepfake.cli import main
 from deepfake.errors import DeepfakeError
 from deepfake.export import MAX_ABS_DIFF, MAX_AUC_DROP, export
-from deepfake.inference import ModelMeta, OnnxModel, OpenVinoModel, Predictor, save_detector
+from deepfake.inference import KERAS_FILE, OnnxModel, OpenVinoModel, Predictor
+from tests.helpers import copy_detector
 
 
-def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset):
-    cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]"])
-    model = M.build_model(cfg)
-    save_detector(model, ModelMeta(threshold=0.5, image_size=32), tmp_path / "keras")
+def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset, detector_copy):
+    model = M.load_keras_model(detector_copy(tmp_path / "keras") / KERAS_FILE)
     result = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "keras"), "--out", str(tmp_path / "onnx")])
     assert result.exit_code == 0, result.output
     onnx = OnnxModel(tmp_path / "onnx" / "model.onnx")
@@ -38,15 +37,10 @@ def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset):
 
 
 @pytest.fixture(scope="module")
-def keras_detector(tmp_path_factory):
-    """A tiny untrained ResNet50 detector (32 px) with a threshold and temperature of its own."""
-    import keras
-
-    folder = tmp_path_factory.mktemp("keras")
-    keras.utils.set_random_seed(0)  # the same untrained detector every run: its int8 check passes or fails alike
-    cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]"])
-    save_detector(M.build_model(cfg), ModelMeta(threshold=0.4, image_size=32, temperature=1.5), folder)
-    return folder
+def keras_detector(tmp_path_factory, untrained_detector):
+    """The tiny untrained detector (seeded: its int8 check passes or fails alike every run) with a threshold and
+    temperature of its own."""
+    return copy_detector(untrained_detector, tmp_path_factory.mktemp("keras"), threshold=0.4, temperature=1.5)
 
 
 def _val_split(root):
