@@ -9,10 +9,12 @@ needed; the previous file under the final name is untouched.
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +134,20 @@ def write_text(path: str | Path, text: str, **kwargs: Any) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_path` for ``kwargs``."""
     with atomic_path(path, **kwargs) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None,
+              **kwargs: Any) -> Path:
+    """Write a table atomically as CSV: a header of ``columns`` (default: the first row's keys), then one line a row
+    (``csv.DictWriter``'s text of each value); see :func:`atomic_path` for ``kwargs``."""
+    rows = list(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns if columns is not None else rows[0] if rows else []))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path, **kwargs) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
     return Path(path)
 
 

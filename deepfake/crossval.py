@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from deepfake import atomic, pipeline, plots, tracking
 from deepfake import data as D
 from deepfake import evaluation as E
 from deepfake import metrics as MET
-from deepfake import pipeline, plots, tracking
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
 
 COLUMNS = ["held_out", "n_fake", "n_real", "roc_auc", "average_precision", "accuracy", "in_domain_roc_auc"]
+CSV_FILE = "crossval.csv"  # the table, a row per held-out source and their mean (COLUMNS)
 
 
 def source_of(info: D.DatasetInfo, table: dict[str, str]) -> dict[str, str]:
@@ -120,7 +121,7 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
         mean[key] = float(np.mean(values)) if values else float("nan")
     rows.append(mean)
     out.mkdir(parents=True, exist_ok=True)
-    E._write_csv(rows, out / "crossval.csv")
+    table = atomic.write_csv(out / CSV_FILE, rows, COLUMNS)
     plot = plots.plot_bar([r["held_out"] for r in rows], [r["roc_auc"] for r in rows], out / "crossval.png",
                           title=f"ROC-AUC on each held-out {by} (vs test reals)", ylabel="ROC-AUC", reference=0.5)
     text = E.format_table(rows, COLUMNS)
@@ -129,10 +130,10 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
             key = f"held_out.{MET.safe_name(r['held_out'])}"
             tracking.log_metrics({f"{key}.roc_auc": r["roc_auc"], f"{key}.average_precision": r["average_precision"]})
         tracking.log_metrics({"mean_held_out_roc_auc": mean["roc_auc"]})
-        tracking.log_artifacts([out / "crossval.csv", plot], "crossval")
+        tracking.log_artifacts([table, plot], "crossval")
     echo(f"\nLeave-one-{by}-out (each detector's threshold chosen on its validation split):\n{text}")
     echo(f"MLflow run {parent_id}")
-    return {"rows": rows, "run_id": parent_id, "files": [str(out / "crossval.csv"), str(plot)]}
+    return {"rows": rows, "run_id": parent_id, "files": [str(table), str(plot)]}
 
 
 def _in_domain(result: pipeline.RunResult, split: D.Split) -> float:

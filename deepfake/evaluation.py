@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike
 
+from deepfake import atomic, plots
 from deepfake import metrics as MET
-from deepfake import plots
 from deepfake.errors import DeepfakeError
 
 if TYPE_CHECKING:
@@ -61,17 +61,14 @@ def evaluate_predictions(
     files: list[Path] = []
 
     def dump(name: str, data: Any) -> None:
-        path = out / f"{prefix}_{name}"
-        path.write_text(json.dumps(data, indent=2, default=_json_default))
-        files.append(path)
+        files.append(atomic.write_text(out / f"{prefix}_{name}", json.dumps(data, indent=2, default=_json_default)))
 
     dump("metrics.json", {"threshold": threshold, "at_threshold": at_t, "at_0.5": at_half})
     cm = MET.confusion(y, p, threshold)
     dump("confusion_matrix.json", {"labels": list(class_names), "threshold": threshold, "matrix": cm.tolist(),
                                     "rows": "true", "columns": "predicted"})
     text, report = MET.classification_report(y, p, threshold, class_names)
-    (out / f"{prefix}_classification_report.txt").write_text(text)
-    files.append(out / f"{prefix}_classification_report.txt")
+    files.append(atomic.write_text(out / f"{prefix}_classification_report.txt", text))
     dump("classification_report.json", report)
     if figures:
         files += draw_figures(y, p, out, class_names=class_names, threshold=threshold, prefix=prefix)
@@ -235,7 +232,7 @@ def robustness_sweep(predictor: Detector, split: Split, out_dir: str | Path,
         rows.append({"perturbation": name, "family": family, "strength": strength, "roc_auc": m["roc_auc"],
                      "average_precision": m["average_precision"], "accuracy": m["accuracy"], "eer": m["eer"],
                      "recall": m["recall"], "specificity": m["specificity"], "n": int(ok.sum())})
-    _write_csv(rows, out / "robustness.csv")
+    atomic.write_csv(out / "robustness.csv", rows)
     plot = plots.plot_metric_curves(rows, "perturbation", ["roc_auc", "accuracy", "average_precision"],
                                     out / "robustness.png", title="Robustness: metric versus image damage",
                                     xlabel="perturbation")
@@ -304,7 +301,7 @@ def per_source_table(paths: Sequence[str], labels: Sequence[int], probs: np.ndar
             "roc_auc": auc,
             "flagged_fake": float(pred.mean()),
         })
-    _write_csv(rows, out / "per_source.csv")
+    atomic.write_csv(out / "per_source.csv", rows)
     plot = plots.plot_bar([r["source"] for r in rows], [r["accuracy"] for r in rows], out / "per_source.png",
                           title="Accuracy per source", ylabel="accuracy")
     return {"rows": rows, "files": [str(out / "per_source.csv"), str(plot)]}
@@ -349,7 +346,7 @@ def cross_dataset_table(rows: list[dict[str, Any]], out_dir: str | Path) -> dict
     """``cross_dataset.csv`` and a bar chart of ROC-AUC per dataset (and source)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(rows, out / "cross_dataset.csv")
+    atomic.write_csv(out / "cross_dataset.csv", rows)
     labels = [r["dataset"] if r["source"] == ALL_SOURCES else f"{r['dataset']}: {r['source']}" for r in rows]
     plot = plots.plot_bar(labels, [0.0 if math.isnan(r["roc_auc"]) else r["roc_auc"] for r in rows],
                           out / "cross_dataset.png", title="ROC-AUC per dataset and source", ylabel="ROC-AUC",
@@ -368,10 +365,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4f}"
     return str(value)
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)

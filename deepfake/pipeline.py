@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deepfake import atomic, evaluation, plots, tracking, training
 from deepfake import config as C
 from deepfake import data as D
-from deepfake import evaluation, plots, tracking, training
 from deepfake import metrics as MET
 from deepfake import model as M
 from deepfake.calibration import apply_temperature, fit_temperature
@@ -313,14 +313,12 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
     cached, head = found["features"], result.model
     scores = _evaluate_and_log(cfg, lambda name, _: training.predict_features(head, cached.arrays[name]),
                                scored.splits, eval_dir, figures=False, echo=echo)
-    with (eval_dir / PREDICTIONS_FILE).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["split", "path", "label", "probability"])
-        for name, split, probs in (("val", val, scores.val["probs"]), ("test", test, scores.test["probs"])):
-            writer.writerows((name, path, int(y), repr(float(p)))
-                             for path, y, p in zip(split.paths, split.labels, probs, strict=True))
-    (eval_dir / HISTORY_FILE).write_text(json.dumps({"history": result.history,
-                                                     "phase_boundary": result.phase_boundary}))
+    atomic.write_csv(eval_dir / PREDICTIONS_FILE, [
+        {"split": name, "path": path, "label": int(y), "probability": repr(float(p))}
+        for name, split, probs in (("val", val, scores.val["probs"]), ("test", test, scores.test["probs"]))
+        for path, y, p in zip(split.paths, split.labels, probs, strict=True)])
+    atomic.write_text(eval_dir / HISTORY_FILE, json.dumps({"history": result.history,
+                                                          "phase_boundary": result.phase_boundary}))
     meta = ModelMeta.from_config(cfg, threshold=scores.threshold, temperature=scores.temperature,
                                  weights_source=cached.weights_info.source)
     meta_path = meta.save(ckpt_dir / META_FILE)

@@ -1,11 +1,13 @@
 """Leave-one-source-out cross-validation (``deepfake crossval``, :mod:`deepfake.crossval`)."""
 
+import csv
 import shutil
 
 import mlflow
 import pytest
 from click.testing import CliRunner
 
+from deepfake import atomic
 from deepfake import config as C
 from deepfake import crossval as CV
 from deepfake import data as D
@@ -69,6 +71,32 @@ def test_crossval_command_runs_a_nested_run_per_source_and_prints_the_table(sour
     assert {"held_out.gen-a.roc_auc", "held_out.gen-b.roc_auc", "mean_held_out_roc_auc"} <= set(parent.data.metrics)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "crossval")}
     assert arts == {"crossval/crossval.csv", "crossval/crossval.png"}
+    folder = tmp_path / "out" / "crossval-source"
+    with (folder / CV.CSV_FILE).open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CV.COLUMNS
+        assert [row["held_out"] for row in reader] == ["gen-a", "gen-b", "mean"]
+    assert not list(folder.glob(f".*{atomic.TMP_MARK}*"))  # written atomically: no temporary left
     # A source that is not there: one line, exit 2.
     bad = CliRunner().invoke(main, ["crossval", "--data", str(sourced), "--source", "gen-z", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "--source gen-z: no fakes with that source" in bad.output
+
+
+def test_tables_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / CV.CSV_FILE
+    rows = [{"held_out": "gen-a", "roc_auc": 0.75}, {"held_out": "a, \"b\"", "roc_auc": float("nan")}]
+    assert atomic.write_csv(path, rows) == path
+    assert list(csv.DictReader(path.open(newline=""))) == [{"held_out": "gen-a", "roc_auc": "0.75"},
+                                                           {"held_out": 'a, "b"', "roc_auc": "nan"}]
+    assert path.read_bytes().startswith(b"held_out,roc_auc\r\ngen-a,0.75\r\n")  # the csv module's lines
+    atomic.write_csv(path, [], columns=["held_out", "roc_auc"])
+    assert path.read_bytes() == b"held_out,roc_auc\r\n"  # no rows: the header
+    before = path.read_bytes()
+
+    def killed(tmp):
+        raise KeyboardInterrupt  # the process is stopped after the table was written, before it replaced the old one
+
+    monkeypatch.setattr(atomic, "_fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_csv(path, rows)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [CV.CSV_FILE]
