@@ -21,12 +21,12 @@ from common import write
 
 CHILD = r"""
 import json, sys, time, numpy as np, keras
-from deepfake import config as C, model as M, training as T
+from deepfake import config as C, model as M, precision as P, training as T
 size, precision, jit, steps, batch = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 backbone = sys.argv[6]
 cfg = C.resolve(set_args=[f"data.image_size={size}", "model.weights=none", f"train.mixed_precision={precision}",
                           f"train.jit_compile={jit}", f"model.backbone={backbone}"])
-runtime = T.configure_runtime(cfg)
+runtime = P.configure_runtime(cfg)
 model = M.build_model(cfg)
 M.set_fine_tune(model, 8)  # every stage (ResNet50 has 5, EfficientNet 8)
 T.compile_model(model, 1e-4, runtime["jit_compile"])
@@ -78,7 +78,7 @@ def main() -> None:
         f"{args.backbone}, batch {args.batch}, {args.steps} timed steps after 2 warm-up steps, whole backbone "
         "trainable. "
         "`train.mixed_precision=auto` and `train.jit_compile=auto` pick the fastest *correct* row for the "
-        "hardware and backbone found (deepfake/training.py: choose_precision, configure_runtime), logged as run "
+        "hardware and backbone found (deepfake/precision.py: choose_precision, configure_runtime), logged as run "
         "tags runtime.*. On this CPU (AVX512_BF16) that is mixed bfloat16 without XLA for ResNet50 (with the stem "
         "convolution, the pooled features and the head kept float32 it matched float32's test ROC-AUC side by side, "
         "results/precision.md) and float32 for the EfficientNets, slower in bfloat16 here "

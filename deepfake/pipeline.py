@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deepfake import atomic, evaluation, plots, tracking, training
+from deepfake import atomic, checkpoints, evaluation, plots, tracking, training
 from deepfake import config as C
 from deepfake import data as D
 from deepfake import metrics as MET
@@ -210,7 +210,7 @@ def run(
     out_dir = Path(cfg.train.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     eval_dir = out_dir / "evaluation"
-    previous = training.read_state(ckpt_dir) if resume else None
+    previous = checkpoints.read_state(ckpt_dir) if resume else None
     run_id = (previous or {}).get("mlflow_run_id")
 
     with tracking.start_run(run_name or cfg.tracking.run_name, run_id=run_id, parent_run_id=parent_run_id,
@@ -361,7 +361,7 @@ def assemble(run_id: str, *, echo: Callable[[str], None] = print) -> str:
             f"configuration (weights {cfg.model.weights}) is not the one its head was trained on (fingerprint "
             f"{fingerprint}, the run's is {tags.get(FINGERPRINT_TAG)}); build it where the trial ran, with the same "
             "weights available")
-    M.head_of(model).set_weights(M.load_keras_model(head_dir / training.HEAD_FILE).get_weights())
+    M.head_of(model).set_weights(M.load_keras_model(head_dir / checkpoints.HEAD_FILE).get_weights())
     meta = ModelMeta.load(head_dir / META_FILE)
     work = Path(tempfile.mkdtemp(prefix="deepfake-assemble-"))
     try:

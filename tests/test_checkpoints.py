@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from deepfake import atomic
+from deepfake import checkpoints as CK
 from deepfake import config as C
 from deepfake import data as D
 from deepfake import model as M
@@ -156,9 +157,9 @@ def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_
     proc = subprocess.run([sys.executable, str(script), str(tiny_split_dataset), str(ckpt),
                            *[f"{k}={v}" for k, v in SETTINGS.items()]], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    state = T.read_state(ckpt)
+    state = CK.read_state(ckpt)
     assert state["epochs_done"] == 2 and state["phase"] == 2
-    M.load_keras_model(ckpt / T.LAST_FILE)  # whole: epoch 2's checkpoint
+    M.load_keras_model(ckpt / CK.LAST_FILE)  # whole: epoch 2's checkpoint
     assert list(ckpt.glob(".last.*.tmp.keras")), "the killed writer left its temporary file behind"
 
     cfg = tiny_cfg(tiny_split_dataset, tmp_path)
@@ -167,7 +168,7 @@ def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_
     assert seen.epochs == [2, 3]
     assert result.resumed_from_epoch == 2
     assert len(result.history["val_loss"]) == 4
-    assert T.read_state(ckpt)["finished"]
+    assert CK.read_state(ckpt)["finished"]
     assert not list(ckpt.glob(".*.tmp.*"))
 
 
@@ -177,23 +178,23 @@ def test_unreadable_last_checkpoint_falls_back_to_best_with_a_warning(tiny_split
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Stop):
         T.train(cfg, *datasets(cfg), ckpt, callbacks=[StopAfter(2)], verbose=0)
-    state = T.read_state(ckpt)
+    state = CK.read_state(ckpt)
     assert state["epochs_done"] == 3 and state["phase"] == 2
     auc = state["history"]["val_auc"]
     best_epoch = 1 + auc.index(max(auc))
-    last = ckpt / T.LAST_FILE
+    last = ckpt / CK.LAST_FILE
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
 
     seen = EpochsRun()
     with caplog.at_level(logging.WARNING, logger="deepfake.training"):
         result = T.train(cfg, *datasets(cfg), ckpt, callbacks=[seen], resume=True, verbose=0)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert f"could not load model {last}" in warning and f"resuming from {ckpt / T.BEST_FILE} instead" in warning
+    assert f"could not load model {last}" in warning and f"resuming from {ckpt / CK.BEST_FILE} instead" in warning
     restart = max(best_epoch, state["phase_boundary"])  # phase 2 starts from phase 1's best weights
     assert seen.epochs == list(range(restart, 4))
     assert result.resumed_from_epoch == restart
     assert len(result.history["val_loss"]) == 4  # the epochs after best are not counted twice
-    final = T.read_state(ckpt)
+    final = CK.read_state(ckpt)
     assert final["finished"] and final["epochs_done"] == 4
     M.load_keras_model(last)
 
@@ -227,21 +228,21 @@ def test_cli_full_disk_exits_2_with_one_line_and_resume_works_once_space_is_free
     _fill_disk_on_third_last_save(monkeypatch)
     full = CliRunner().invoke(main, args)
     assert full.exit_code == 2, full.output
-    size = atomic.human_size(max((ckpt / name).stat().st_size for name in (T.LAST_FILE, T.BEST_FILE)))
+    size = atomic.human_size(max((ckpt / name).stat().st_size for name in (CK.LAST_FILE, CK.BEST_FILE)))
     lines = full.output.strip().splitlines()
     assert lines[-1].startswith(f"Error: no space left on device in {ckpt}: writing last.keras needs about {size}")
     assert "--resume" in lines[-1] and "Traceback" not in full.output
-    state = T.read_state(ckpt)
+    state = CK.read_state(ckpt)
     assert state["epochs_done"] == 2
-    M.load_keras_model(ckpt / T.LAST_FILE)
-    M.load_keras_model(ckpt / T.BEST_FILE)
+    M.load_keras_model(ckpt / CK.LAST_FILE)
+    M.load_keras_model(ckpt / CK.BEST_FILE)
     assert not list(ckpt.glob(".*.tmp.*"))
 
     monkeypatch.undo()  # space freed
     monkeypatch.chdir(tmp_path)
     resumed = CliRunner().invoke(main, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert T.read_state(ckpt)["finished"]
+    assert CK.read_state(ckpt)["finished"]
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["disk"], output_format="list")
     assert len(runs) == 1 and runs[0].info.run_id == state["mlflow_run_id"]
@@ -256,8 +257,8 @@ def test_full_disk_during_training_keeps_checkpoints_and_resume_works(tiny_split
     _fill_disk_on_third_last_save(monkeypatch)
     with pytest.raises(atomic.DiskFullError, match=f"in {ckpt}: writing last.keras needs about"):
         T.train(cfg, *datasets(cfg), ckpt, verbose=0)
-    assert json.loads((ckpt / T.STATE_FILE).read_text())["epochs_done"] == 2
-    assert sorted(p.name for p in ckpt.iterdir()) == [T.BEST_FILE, T.LAST_FILE, T.STATE_FILE]
+    assert json.loads((ckpt / CK.STATE_FILE).read_text())["epochs_done"] == 2
+    assert sorted(p.name for p in ckpt.iterdir()) == [CK.BEST_FILE, CK.LAST_FILE, CK.STATE_FILE]
 
     monkeypatch.undo()
     seen = EpochsRun()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from deepfake import checkpoints, evaluation, input_pipeline, pipeline, tracking, training
 from deepfake import config as C
 from deepfake import data as D
-from deepfake import evaluation, input_pipeline, pipeline, tracking, training
 from deepfake import features as F
 from deepfake import model as M
 from deepfake.cli import main
@@ -126,7 +126,7 @@ def test_a_head_only_trial_after_the_first_touches_no_pixels_and_builds_no_backb
     result = pipeline.run(later, lean=True, verbose=0, echo=lambda s: None)
     assert calls == []  # no backbone, no image decoded, no prediction from pixels, no detector trained
     assert result.head_only and 0 <= result.test_metrics["roc_auc"] <= 1
-    assert not (result.out_dir / "checkpoints" / training.BEST_FILE).exists()  # no detector checkpoint either
+    assert not (result.out_dir / "checkpoints" / checkpoints.BEST_FILE).exists()  # no detector checkpoint either
 
 
 # ----------------------------------------------------------------------------- a study

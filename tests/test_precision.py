@@ -8,8 +8,8 @@ keras = pytest.importorskip("keras")
 
 from deepfake import config as C  # noqa: E402
 from deepfake import model as M  # noqa: E402
-from deepfake import training as T  # noqa: E402
-from deepfake.training import Device  # noqa: E402
+from deepfake import precision as P  # noqa: E402
+from deepfake.precision import Device  # noqa: E402
 
 SIZE = 32
 EPYC = "model name\t: AMD EPYC 9B14\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -27,56 +27,56 @@ def gpu(cc, name="NVIDIA A100-SXM4-40GB"):
     ([gpu((6, 1), "GeForce GTX 1080")], "float32", "6.1 < 7.0"),
     ([gpu((8, 6)), gpu((6, 0), "Tesla P100")], "float32", "8.6, 6.0"),  # the slowest GPU decides
     ([gpu(None, "/physical_device:GPU:0")], "float32", "unknown"),
-    ([T.parse_cpuinfo(EPYC)], "mixed_bfloat16", "avx512_bf16"),
-    ([T.parse_cpuinfo(XEON_AMX)], "mixed_bfloat16", "amx_bf16, avx512_bf16"),
-    ([T.parse_cpuinfo(OLD_CPU)], "float32", "no avx512_bf16 or amx_bf16"),
+    ([P.parse_cpuinfo(EPYC)], "mixed_bfloat16", "avx512_bf16"),
+    ([P.parse_cpuinfo(XEON_AMX)], "mixed_bfloat16", "amx_bf16, avx512_bf16"),
+    ([P.parse_cpuinfo(OLD_CPU)], "float32", "no avx512_bf16 or amx_bf16"),
     ([], "float32", "CPU without"),
-    ([gpu((8, 0)), T.parse_cpuinfo(EPYC)], "mixed_float16", "A100"),  # TensorFlow trains on the GPU
+    ([gpu((8, 0)), P.parse_cpuinfo(EPYC)], "mixed_float16", "A100"),  # TensorFlow trains on the GPU
 ])
 def test_auto_precision_per_device(devices, policy, reason):
-    chosen, why = T.choose_precision(devices, "resnet50")
+    chosen, why = P.choose_precision(devices, "resnet50")
     assert chosen == policy
     assert reason in why
 
 
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_b0"])
 def test_auto_precision_keeps_float32_for_backbones_slower_in_bfloat16_on_cpu(backbone):
-    policy, why = T.choose_precision([T.parse_cpuinfo(EPYC)], backbone)
+    policy, why = P.choose_precision([P.parse_cpuinfo(EPYC)], backbone)
     assert policy == "float32" and backbone in why and "slower" in why
-    assert T.choose_precision([gpu((8, 0))], backbone)[0] == "mixed_float16"  # tensor cores: any backbone
+    assert P.choose_precision([gpu((8, 0))], backbone)[0] == "mixed_float16"  # tensor cores: any backbone
 
 
 def test_cpuinfo_gives_the_model_name_and_the_bfloat16_flags_only():
-    assert T.parse_cpuinfo(XEON_AMX) == Device("cpu", "Intel(R) Xeon(R) Platinum 8481C", None,
+    assert P.parse_cpuinfo(XEON_AMX) == Device("cpu", "Intel(R) Xeon(R) Platinum 8481C", None,
                                                frozenset({"amx_bf16", "avx512_bf16"}))
-    assert T.parse_cpuinfo(OLD_CPU) == Device("cpu", "Intel(R) Xeon(R) CPU E5-2690 v4")
-    assert T.parse_cpuinfo("") == Device("cpu", "unknown CPU")
+    assert P.parse_cpuinfo(OLD_CPU) == Device("cpu", "Intel(R) Xeon(R) CPU E5-2690 v4")
+    assert P.parse_cpuinfo("") == Device("cpu", "unknown CPU")
 
 
 def test_configure_runtime_applies_and_records_the_choice():
     auto = C.resolve(set_args=["train.mixed_precision=auto"])
-    runtime = T.configure_runtime(auto, [gpu((8, 9), "NVIDIA L4")])
+    runtime = P.configure_runtime(auto, [gpu((8, 9), "NVIDIA L4")])
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
     assert runtime == {"device": "gpu", "device_name": "NVIDIA L4", "compute_capability": "8.9",
                        "precision_policy": "mixed_float16", "jit_compile": True,
                        "precision_reason": "GPU with tensor cores (compute capability >= 7.0): NVIDIA L4"}
-    runtime = T.configure_runtime(auto, [T.parse_cpuinfo(EPYC)])
+    runtime = P.configure_runtime(auto, [P.parse_cpuinfo(EPYC)])
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     assert runtime["device"] == "cpu" and runtime["device_name"] == "AMD EPYC 9B14"
     assert runtime["cpu_flags"] == "avx512_bf16" and runtime["jit_compile"] is False
-    forced = T.configure_runtime(C.resolve(set_args=["train.mixed_precision=off"]), [T.parse_cpuinfo(EPYC)])
+    forced = P.configure_runtime(C.resolve(set_args=["train.mixed_precision=off"]), [P.parse_cpuinfo(EPYC)])
     assert keras.mixed_precision.global_policy().name == "float32"
     assert forced["precision_reason"] == "train.mixed_precision=off"
-    assert T.configure_runtime(auto, [T.parse_cpuinfo(OLD_CPU)])["cpu_flags"] == "none"
+    assert P.configure_runtime(auto, [P.parse_cpuinfo(OLD_CPU)])["cpu_flags"] == "none"
 
 
 def test_both_tensorflow_builds_installed_is_warned_about():
-    assert T.tensorflow_clash(["tensorflow-cpu"]) is None and T.tensorflow_clash(["tensorflow"]) is None
-    assert "pip uninstall -y tensorflow tensorflow-cpu" in T.tensorflow_clash(["tensorflow", "tensorflow-cpu"])
+    assert P.tensorflow_clash(["tensorflow-cpu"]) is None and P.tensorflow_clash(["tensorflow"]) is None
+    assert "pip uninstall -y tensorflow tensorflow-cpu" in P.tensorflow_clash(["tensorflow", "tensorflow-cpu"])
 
 
 def test_this_machine_is_described():
-    (device, *_) = T.local_devices()
+    (device, *_) = P.local_devices()
     assert device.kind in ("cpu", "gpu") and device.name
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from deepfake import checkpoints as CK
 from deepfake import config as C
 from deepfake import data as D
 from deepfake import model as M
@@ -47,9 +48,9 @@ def test_two_phases_checkpoints_and_frozen_batchnorm(demo_dir, tmp_path):
     result = T.train(cfg, train_ds, val_ds, tmp_path / "ckpt", verbose=0)
     assert result.phase_boundary == 2
     assert len(result.history["val_auc"]) == 3  # 2 head epochs + 1 fine-tuning epoch
-    for name in (T.BEST_FILE, T.LAST_FILE, T.STATE_FILE):
+    for name in (CK.BEST_FILE, CK.LAST_FILE, CK.STATE_FILE):
         assert (tmp_path / "ckpt" / name).is_file()
-    state = json.loads((tmp_path / "ckpt" / T.STATE_FILE).read_text())
+    state = json.loads((tmp_path / "ckpt" / CK.STATE_FILE).read_text())
     assert state["finished"] and state["epochs_done"] == 3 and state["phase"] == 2
     backbone = M.backbone_of(result.model)
     import keras
@@ -85,7 +86,7 @@ def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     with pytest.raises(_Stop):
         T.train(cfg, train_ds, val_ds, ckpt, callbacks=[_KillAfter(2)], verbose=0, state_extra={"mlflow_run_id": "abc"})
-    state = T.read_state(ckpt)
+    state = CK.read_state(ckpt)
     assert state["epochs_done"] == 3 and state["phase"] == 2 and not state["finished"]
     assert state["mlflow_run_id"] == "abc"
     seen = []
@@ -100,7 +101,7 @@ def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path):
     assert seen == [3]  # only the one missing epoch was run
     assert result.resumed_from_epoch == 3
     assert len(result.history["val_loss"]) == 4
-    assert T.read_state(ckpt)["finished"]
+    assert CK.read_state(ckpt)["finished"]
     # Resuming a finished run trains nothing more.
     seen.clear()
     T.train(cfg, train_ds, val_ds, ckpt, callbacks=[Record()], resume=True, verbose=0)
