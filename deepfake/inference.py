@@ -312,6 +312,17 @@ class Predictor:
         shows; scoring uses every crop, :meth:`decode_crops`); raises ValueError."""
         return self.decode_crops(raw, 1)[0] if self.crop else self._decoded(raw)
 
+    def decode_scored(self, raw: bytes) -> np.ndarray:
+        """Encoded image bytes -> what the detector scores of them (:meth:`predict_decoded` scores a list): the
+        ``(S, S, 3)`` pixels, or for ``fit: crop`` the ``(K, S, S, 3)`` grid of crops; raises ValueError."""
+        return self.decode_crops(raw) if self.crop else self.decode_bytes(raw)
+
+    def predict_decoded(self, decoded: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """N images as :meth:`decode_scored` gives them -> fake probabilities ``(N,)``, as ``deepfake predict`` scores
+        an image: the model on its pixels, or the mean over its grid of crops (:meth:`predict_crops`)."""
+        return (self.predict_crops(decoded, batch_size) if self.crop
+                else self.predict_arrays(np.asarray(decoded), batch_size=batch_size))
+
     def decode_crops(self, raw: bytes, n: int | None = None) -> np.ndarray:
         """Encoded image bytes -> the ``(K, S, S, 3)`` float32 grid of crops at full resolution that ``fit: crop``
         scores (at most ``n`` per side, the model's ``test_crops`` by default); raises ValueError."""
@@ -378,7 +389,7 @@ class Predictor:
                     raw = _as_bytes(value, self.paths)
                     media = self.pictures(raw)
                     if media is None:
-                        images.append(self.decode_crops(raw) if self.crop else self.decode_bytes(raw))
+                        images.append(self.decode_scored(raw))
                         good.append(i)
                         continue
                     frame_probs = self.predict_pictures(media, batch_size=batch_size)
@@ -393,8 +404,7 @@ class Predictor:
                 except (ValueError, OSError) as exc:
                     out[i]["error"] = str(exc)
             if images:
-                probs = (self.predict_crops(images, batch_size) if self.crop
-                         else self.predict_arrays(np.stack(images), batch_size=batch_size))
+                probs = self.predict_decoded(images, batch_size)
                 for i, p in zip(good, probs, strict=True):
                     out[i].update(fake_probability=float(p), label=self.label_of(float(p)), frames=1,
                                   frame_probabilities=[round(float(p), 6)])
@@ -464,8 +474,6 @@ def example_frames(meta: ModelMeta) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _example_png(size: int) -> bytes:
-    import io
-
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -503,17 +511,16 @@ def load_predictor(ref: str | Path) -> Predictor:
     """
     path = Path(ref).expanduser()
     if not path.exists():
-        raise DeepfakeError(
-            f"--model {ref}: no such file or folder; give a model folder (with {KERAS_FILE}) or a URI "
-            "such as models:/deepfake-detector@champion"
-        )
+        raise DeepfakeError(f"--model {ref}: no such file or folder; give a model folder (with {KERAS_FILE}) or a URI "
+                            "such as models:/deepfake-detector@champion")
     return Predictor.from_dir(path)
 
 
 def sample_predictions(predictor: Predictor, split: Split, class_names: Sequence[str], n: int = 1,
                        seed: int = 0) -> list[dict[str, Any]]:
     """Predict ``n`` randomly chosen sources of ``split`` (seeded): an image, or a video from all its frames (the
-    middle one shown); undecodable picks are replaced."""
+    middle one shown), each scored as ``deepfake predict`` scores an image (:meth:`Predictor.predict_decoded`: for
+    ``fit: crop`` the mean over its grid of crops, the centre one shown); undecodable picks are replaced."""
     from deepfake.media import aggregate
 
     members: dict[str, list[int]] = {}
@@ -525,20 +532,16 @@ def sample_predictions(predictor: Predictor, split: Split, class_names: Sequence
     for k in rng.permutation(len(sources)):
         source, idx = sources[k], members[sources[k]]
         try:
-            images = np.stack([predictor.decode(split.paths[i]) for i in idx])
+            raws = [Path(split.paths[i]).read_bytes() for i in idx]
+            decoded, shown = [predictor.decode_scored(raw) for raw in raws], predictor.decode_bytes(raws[len(idx) // 2])
         except (ValueError, OSError):
             continue
-        probs = predictor.predict_arrays(images)
+        probs = predictor.predict_decoded(decoded)
         prob = aggregate(probs, predictor.video) if len(idx) > 1 else float(probs[0])
         scored = f" ({len(idx)} frames, {predictor.video.aggregate})" if len(idx) > 1 else ""
-        picked.append({
-            "path": str(source) + scored,
-            "name": Path(source).name + scored,
-            "image": images[len(idx) // 2],
-            "true_label": class_names[split.labels[idx[0]]],
-            "predicted_label": predictor.label_of(prob),
-            "fake_probability": prob,
-        })
+        picked.append({"path": str(source) + scored, "name": Path(source).name + scored, "image": shown,
+                       "true_label": class_names[split.labels[idx[0]]], "predicted_label": predictor.label_of(prob),
+                       "fake_probability": prob})
         if len(picked) == n:
             break
     if not picked:

@@ -192,6 +192,22 @@ def test_saved_crop_model_predicts_like_the_pipelines_evaluation(pictures, tmp_p
     assert not np.allclose(resized, evaluated["probs"], rtol=1e-5)  # the crops, not the resized image, were scored
 
 
+def test_sample_scores_a_crop_model_as_predict_does(pictures):
+    from deepfake.inference import sample_predictions
+
+    split, arrays = pictures
+    predictor = Predictor(MeanPixelModel(), ModelMeta(image_size=SIZE, fit="crop", test_crops=3, temperature=2.0))
+    picks = sample_predictions(predictor, split, ["real", "fake"], n=len(split), seed=0)
+    assert sorted(p["path"] for p in picks) == sorted(split.paths)
+    predicted = dict(zip(split.paths, predictor.predict_values(split.paths), strict=True))  # deepfake predict's
+    for pick in picks:
+        i = split.paths.index(pick["path"])
+        assert pick["fake_probability"] == pytest.approx(predicted[pick["path"]]["fake_probability"], rel=1e-9)
+        assert pick["fake_probability"] == pytest.approx(apply_temperature(expected_means(arrays)[i:i + 1], 2.0)[0])
+        assert pick["predicted_label"] == predicted[pick["path"]]["label"]
+        np.testing.assert_array_equal(pick["image"], predictor.decode(pick["path"]))  # the centre crop shown
+
+
 def test_crop_training_never_uses_cached_features():
     from deepfake import pipeline
 
