@@ -21,8 +21,9 @@ Formats (measured in ``benchmarks/results/inference.md``):
 Every export is checked before anything is written to ``--out``: the exported model's probabilities are
 compared with Keras on held-back images (the validation split of ``--data``, else random pixels) by max
 absolute difference; with ``--data``, its validation ROC-AUC must also be within 0.005 of Keras' (the check
-that decides for int8, whose probabilities move more). An export that fails is refused with the figures and
-leaves nothing behind.
+that decides for int8, whose probabilities move more). A model that scores the mean over a grid of crops
+(``data.fit: crop``) is checked on those crops, and its ROC-AUC and decisions on each image's mean, as it is
+scored. An export that fails is refused with the figures and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -51,23 +52,26 @@ FLOAT32_PARTS = ("preprocess", "head")  # the detector's parts (model.py names t
 
 
 def check_images(predictor: Predictor, split: Any | None, n_random: int = 100,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pixels (and labels) to check an export on: up to :data:`CHECK_IMAGES` images of ``split`` (a
-    :class:`deepfake.data.Split`, seeded pick), or ``n_random`` images of uniform noise when there is none."""
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The model's inputs to check an export on, the labels of their images, and for a crop model the image each
+    input is a crop of (else ``None``): up to :data:`CHECK_IMAGES` images of ``split`` (a
+    :class:`deepfake.data.Split`, seeded pick) as the model sees them at inference (its pixels, or for ``fit: crop``
+    every crop of its grid), or ``n_random`` images of uniform noise when there is none."""
     size = predictor.image_size
     rng = np.random.default_rng(seed)
     if split is None:
-        return rng.uniform(0, 255, (n_random, size, size, 3)).astype("float32"), None
+        return rng.uniform(0, 255, (n_random, size, size, 3)).astype("float32"), None, None
     from deepfake.config import DataConfig
     from deepfake.input_pipeline import make_dataset
 
     pick = np.sort(rng.permutation(len(split.paths))[:CHECK_IMAGES])
     sub = split.subset(pick)
-    images, labels = [], []
-    for x, y in make_dataset(sub, DataConfig(image_size=size, batch_size=32, cache="none"), training=False):
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    return np.concatenate(images).astype("float32"), np.concatenate(labels).reshape(-1).astype(int)
+    cfg = DataConfig(image_size=size, batch_size=32, cache="none", fit=predictor.meta.fit,
+                     test_crops=predictor.meta.test_crops)  # as Predictor.predict_split scores a split
+    batches = [[part.numpy() for part in batch] for batch in make_dataset(sub, cfg, training=False,
+                                                                          owners=predictor.crop)]
+    owners = np.concatenate([b[2] for b in batches]) if predictor.crop else None
+    return (np.concatenate([b[0] for b in batches]).astype("float32"), np.asarray(sub.labels, dtype=int), owners)
 
 
 def _roc_auc(labels: np.ndarray | None, probs: np.ndarray) -> float | None:
@@ -104,6 +108,11 @@ def _quantize_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray) -> 
     prepared.unlink()
 
 
+def to_onnx(model: Any, path: Path) -> None:
+    """The Keras model as an ONNX file (Keras' own export, through tf2onnx): the step every format starts from."""
+    model.export(str(path), format="onnx", verbose=False)
+
+
 def _to_openvino(onnx_path: Path, folder: Path) -> None:
     import openvino as ov
 
@@ -113,7 +122,7 @@ def _to_openvino(onnx_path: Path, folder: Path) -> None:
 def _write(predictor: Predictor, folder: Path, fmt: str, calibration: np.ndarray | None) -> None:
     """The exported model files and metadata of ``fmt`` into ``folder``."""
     onnx_path = folder / ONNX_FILE
-    predictor.model.export(str(onnx_path), format="onnx", verbose=False)
+    to_onnx(predictor.model, onnx_path)
     if fmt == "openvino-int8":
         assert calibration is not None
         quantized = folder / "int8.onnx"
@@ -155,7 +164,7 @@ def export(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx", *, spli
     if (out / KERAS_FILE).exists():
         raise DeepfakeError(f"--out {out}: holds a Keras model ({KERAS_FILE}); export into another folder")
     echo("Reading check images..." if split is not None else "Checking on random images (no --data)")
-    x, labels = check_images(predictor, split)
+    x, labels, owners = check_images(predictor, split)
     expected = predictor.model.predict(x, batch_size=32, verbose=0).reshape(-1)  # also builds the model for export
     calibration = x[:CALIBRATION_IMAGES] if fmt == "openvino-int8" else None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,10 +175,8 @@ def export(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx", *, spli
         _write(predictor, tmp, fmt, calibration)
         exported = Predictor.from_dir(tmp)
         got = exported.model.predict(x, batch_size=32).reshape(-1)
-        report = _check(fmt, expected, got, labels, tolerance)
-        threshold = predictor.meta.threshold
-        report["same_decisions"] = float(np.mean((predictor.calibrate(got) >= threshold)
-                                                 == (predictor.calibrate(expected) >= threshold)))
+        report = _check(fmt, expected, got, labels, tolerance, owners,
+                        decide=lambda raw: predictor.calibrate(raw) >= predictor.meta.threshold)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,14 +184,21 @@ def export(predictor: Predictor, out_dir: str | Path, fmt: str = "onnx", *, spli
     return {"path": str(path), "format": fmt, **report}
 
 
-def _check(fmt: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray | None,
-           tolerance: float | None) -> dict[str, Any]:
-    """The agreement figures of an export; raises :class:`DeepfakeError` when they fail."""
+def _check(fmt: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tolerance: float | None,
+           owners: np.ndarray | None, decide: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """The agreement figures of an export: the largest difference of the raw outputs of any input, and the ROC-AUC and
+    decisions (``decide``: fake or not from raw outputs) of each image, from the mean over its crops when ``owners``
+    (:func:`check_images`) says which image each input is a crop of; raises :class:`DeepfakeError` when they fail."""
+    from deepfake.input_pipeline import mean_by_owner
+
     diff = float(np.abs(got - expected).max())
     limit = MAX_ABS_DIFF[fmt] if tolerance is None else tolerance
-    auc_keras, auc_export = _roc_auc(labels, expected), _roc_auc(labels, got)
+    keras_images, export_images = ((raw if owners is None else mean_by_owner(raw, owners, len(labels)))
+                                   for raw in (expected, got))
+    auc_keras, auc_export = _roc_auc(labels, keras_images), _roc_auc(labels, export_images)
     report: dict[str, Any] = {
-        "n_checked": len(expected), "max_abs_diff": diff, "roc_auc_keras": auc_keras, "roc_auc_export": auc_export,
+        "n_checked": len(keras_images), "n_inputs": len(expected), "max_abs_diff": diff, "roc_auc_keras": auc_keras,
+        "roc_auc_export": auc_export, "same_decisions": float(np.mean(decide(keras_images) == decide(export_images))),
     }
     problems = []
     if diff > limit:
@@ -193,6 +207,6 @@ def _check(fmt: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray |
         problems.append(f"validation ROC-AUC {auc_export:.4f} against Keras {auc_keras:.4f} "
                         f"(more than {MAX_AUC_DROP} lower)")
     if problems:
-        raise DeepfakeError(f"the {fmt} export disagrees with Keras on {len(expected)} images: "
+        raise DeepfakeError(f"the {fmt} export disagrees with Keras on {len(keras_images)} images: "
                             f"{'; '.join(problems)}; nothing exported (try another --format)")
     return report

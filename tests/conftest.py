@@ -6,6 +6,7 @@ once per session (``detector_copy`` gives a test its own copy, with its own meta
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,6 +60,35 @@ def detector_copy(untrained_detector, tmp_path):
         return copy_detector(untrained_detector, folder or tmp_path / "detector", **meta)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def one_onnx_conversion(tmp_path_factory):
+    """From first use on, `deepfake.export.to_onnx` converts each distinct model (architecture and weights) once
+    per session and copies that file for later exports of the same model: the conversion (tf2onnx, tens of seconds
+    for a ResNet50) is the same work every time, and the export tests export one detector many times."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from deepfake import export as X
+
+    convert, folder, done = X.to_onnx, tmp_path_factory.mktemp("onnx"), {}
+
+    def to_onnx(model, path):
+        digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+        for weights in model.get_weights():
+            digest.update(np.ascontiguousarray(weights).tobytes())
+        key = digest.hexdigest()
+        if key not in done:
+            convert(model, folder / f"{key}.onnx")
+            done[key] = folder / f"{key}.onnx"
+        shutil.copyfile(done[key], path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(X, "to_onnx", to_onnx)
+        yield done
 
 
 @pytest.fixture()

@@ -14,6 +14,8 @@ from deepfake.export import MAX_ABS_DIFF, MAX_AUC_DROP, export
 from deepfake.inference import KERAS_FILE, OnnxModel, OpenVinoModel, Predictor
 from tests.helpers import copy_detector
 
+pytestmark = pytest.mark.usefixtures("one_onnx_conversion")  # one detector, converted to ONNX once
+
 
 def test_export_matches_keras_and_predict_uses_it(tmp_path, tiny_split_dataset, detector_copy):
     model = M.load_keras_model(detector_copy(tmp_path / "keras") / KERAS_FILE)
