@@ -161,19 +161,23 @@ def test_meta_round_trip_and_older_metas_resize(tmp_path):
     assert ModelMeta.load(path).fit == "resize"
 
 
-def test_saved_crop_model_predicts_like_the_pipelines_evaluation(pictures, tmp_path):
+def tiny_model():
+    """A tiny model whose output depends on the pixels (a new detector's head answers 0.5 whatever they are)."""
     import keras
 
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=1)
+    return keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255.0),
+                             keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer=init),
+                             keras.layers.GlobalMaxPooling2D(),
+                             keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init)])
+
+
+def test_saved_crop_model_predicts_like_the_pipelines_evaluation(pictures, tmp_path):
     from deepfake import pipeline
 
     split, _ = pictures
     cfg = C.resolve(set_args=[f"data.image_size={SIZE}", "data.batch_size=4", "data.fit=crop", "data.test_crops=2"])
-    # A tiny model whose output depends on the pixels (a new detector's head answers 0.5 whatever they are).
-    init = keras.initializers.RandomNormal(stddev=0.5, seed=1)
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255.0),
-                              keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer=init),
-                              keras.layers.GlobalMaxPooling2D(),
-                              keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init)])
+    model = tiny_model()
     temperature = 1.5
     evaluated = pipeline.evaluate_split(model, split, cfg, tmp_path / "eval", 0.5, "test", temperature)
     assert np.ptp(evaluated["probs"]) > 1e-4  # the images get different probabilities
@@ -206,6 +210,28 @@ def test_sample_scores_a_crop_model_as_predict_does(pictures):
         assert pick["fake_probability"] == pytest.approx(apply_temperature(expected_means(arrays)[i:i + 1], 2.0)[0])
         assert pick["predicted_label"] == predicted[pick["path"]]["label"]
         np.testing.assert_array_equal(pick["image"], predictor.decode(pick["path"]))  # the centre crop shown
+
+
+def test_export_checks_a_crop_model_on_its_crops(pictures, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake.export import check_images, export
+
+    split, _ = pictures
+    predictor = Predictor.from_dir(save_detector(tiny_model(), ModelMeta(image_size=SIZE, fit="crop", test_crops=2),
+                                                 tmp_path / "keras"))
+    x, labels, owners = check_images(predictor, split)  # 6 images: all of them, in order
+    crops = [predictor.decode_crops(open(path, "rb").read()) for path in split.paths]
+    np.testing.assert_array_equal(x, np.concatenate(crops))  # the crops it sees at inference, not resized images
+    assert labels.tolist() == split.labels and owners.tolist() == [i for i in range(6) for _ in range(4)]
+    info = export(predictor, tmp_path / "onnx", "onnx", split=split)
+    assert (info["n_checked"], info["n_inputs"]) == (6, 24)
+    # Its ROC-AUC is the detector's: on each image's mean over its crops.
+    assert info["roc_auc_keras"] == pytest.approx(roc_auc_score(split.labels, predictor.predict_split(split)))
+    assert info["roc_auc_export"] == pytest.approx(info["roc_auc_keras"], abs=1e-3)
+    exported = Predictor.from_dir(tmp_path / "onnx")
+    assert exported.meta.fit == "crop"
+    np.testing.assert_allclose(exported.predict_split(split), predictor.predict_split(split), atol=1e-4)
 
 
 def test_crop_training_never_uses_cached_features():

@@ -48,8 +48,9 @@ def export_cmd(model_ref: str, fmt: str, out_dir: str, data: str | None, toleran
                   echo=click.echo)
     auc = (f"; validation ROC-AUC {info['roc_auc_export']:.4f} (Keras {info['roc_auc_keras']:.4f})"
            if info["roc_auc_keras"] is not None else "")
+    crops = f" ({info['n_inputs']} crops)" if info["n_inputs"] != info["n_checked"] else ""
     click.echo(f"Exported to {info['path']}: max abs difference from Keras {info['max_abs_diff']:.1e} on "
-               f"{info['n_checked']} images, {info['same_decisions']:.1%} same decisions{auc}.")
+               f"{info['n_checked']} images{crops}, {info['same_decisions']:.1%} same decisions{auc}.")
     if register_name:
         from deepfake import registry, tracking
         from deepfake.config import TrackingConfig
