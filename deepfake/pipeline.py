@@ -43,6 +43,7 @@ from deepfake.inference import (
     save_detector,
 )
 from deepfake.input_pipeline import make_dataset, predict_images
+from deepfake.tracking.callbacks import EpochLogger
 
 if TYPE_CHECKING:
     import keras
@@ -244,7 +245,7 @@ def run(
             val_ds,
             ckpt_dir,
             class_weight=class_weight,
-            callbacks=[tracking.EpochLogger(), *callbacks],
+            callbacks=[EpochLogger(), *callbacks],
             resume=resume,
             state_extra={"mlflow_run_id": run_id},
             # data.fit: crop trains phase 1 on random crops of the pixels: cached features would fix one crop
@@ -308,7 +309,7 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
 
     result = training.train_head(
         cfg, features, ckpt_dir, class_weight=info.class_weights() if cfg.data.class_weights else None,
-        callbacks=[tracking.EpochLogger(), *callbacks], state_extra={"mlflow_run_id": run_id}, verbose=verbose,
+        callbacks=[EpochLogger(), *callbacks], state_extra={"mlflow_run_id": run_id}, verbose=verbose,
     )
     cached, head = found["features"], result.model
     scores = _evaluate_and_log(cfg, lambda name, _: training.predict_features(head, cached.arrays[name]),

@@ -3,6 +3,8 @@ lineage) logged to a run, registration idempotent per run, failed runs, quiet do
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import mlflow
@@ -129,3 +131,20 @@ def test_downloads_draw_no_progress_bars_unless_asked(cfg, tmp_path, capsys, mon
     monkeypatch.setenv(tracking.PROGRESS_BAR_ENV, "true")  # the user's own choice wins
     tracking.download_run_artifacts(run.info.run_id, "model")
     assert "Downloading artifacts" in capsys.readouterr().err
+
+
+# What `deepfake register`, `promote` and `report` import when they run: they read runs and models and score
+# through the predictor, which loads Keras only once a Keras model is loaded.
+READ_ONLY_COMMANDS = """
+import json, sys
+import deepfake.cli.promote, deepfake.cli.register, deepfake.cli.report
+from deepfake import data, registry, report, tracking
+from deepfake.config import TrackingConfig, resolve
+print(json.dumps(sorted(m for m in ("keras", "tensorflow", "torch") if m in sys.modules)))
+"""
+
+
+def test_register_promote_and_report_import_no_keras():
+    done = subprocess.run([sys.executable, "-c", READ_ONLY_COMMANDS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
