@@ -128,7 +128,7 @@ class TrainConfig:
     output_dir: str = "outputs"  # checkpoints, figures and reports go below here
     feature_cache: bool = True  # phase 1 trains the head from cached backbone features
     feature_cache_dir: str = ".cache/features"
-    mixed_precision: str = "auto"  # auto (per device: training.choose_precision) | off | bfloat16 | float16
+    mixed_precision: str = "auto"  # auto (per device: precision.choose_precision) | off | bfloat16 | float16
     jit_compile: str = "auto"  # auto | on | off
     calibrate: bool = True  # fit a temperature on validation; stored with the model, applied by inference
 

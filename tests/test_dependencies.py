@@ -101,7 +101,8 @@ def test_every_install_of_the_project_names_the_cpu_extra():
     assert re.search(r"^EXTRAS \?= cpu,dev$", makefile, re.M)
     installs = re.findall(r"pip install .*-e \"\.\[([^\]]*)\]\"", makefile)
     assert installs == ["$(EXTRAS)", "cpu,dev"], installs  # make install, make test-floor
-    (pip,) = [d["pip"] for d in yaml.safe_load((REPO / "conda.yaml").read_text())["dependencies"] if isinstance(d, dict)]
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
     assert pip[-1] == ".[cpu]"
 
 

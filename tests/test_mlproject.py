@@ -4,9 +4,9 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 import tomllib
 import yaml
+from click.testing import CliRunner
 from packaging.specifiers import SpecifierSet
 
 from deepfake import config as C
