@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# The suite runs on TEST_WORKERS pytest-xdist workers (one per core here), each test file on one worker so that
+# its module fixtures are built once; TEST_WORKERS=0 runs it in this process (for pdb, or one file).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 FLOOR_VENV ?= .venv-floor
 OPTUNA_STORAGE ?= sqlite:///optuna.db
 DASHBOARD_PORT ?= 8080
@@ -24,17 +28,17 @@ demo: install  ## the whole experiment suite on synthetic demo data (mlflow run 
 	PATH="$(abspath $(BIN)):$$PATH" mlflow run . --env-manager local --experiment-name deepfake-demo
 
 test: install  ## every test, the slow end-to-end ones included
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install  ## skip the slow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-floor:  ## the fast tests on the oldest versions pyproject.toml allows, in a fresh $(FLOOR_VENV)
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floor-constraints.txt -e ".[cpu,dev]"
-	$(FLOOR_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(FLOOR_VENV)/bin/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: install  ## ruff (configured in pyproject.toml)
 	$(BIN)/ruff check .

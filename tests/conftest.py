@@ -109,6 +109,20 @@ def tiny_unsplit_dataset(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _tensorflow_functions_eager(request):
+    """In-process tests run TensorFlow functions eagerly: tracing Keras' train step costs more than the few steps
+    of a tiny model (fine-tuning the tiny ResNet50 for an epoch: 24 s traced, 6.5 s eager, on 2 cores), and what
+    they check (checkpoints, resume, metrics, logging) does not depend on it. Tests marked ``graph`` run compiled,
+    as users' training does, and so does every command a test starts in a subprocess. tf.data pipelines are
+    compiled either way."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(request.node.get_closest_marker("graph") is None)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+@pytest.fixture(autouse=True)
 def _float32_policy_after_each_test():
     """Training may switch Keras to mixed precision; every test starts from float32."""
     yield
