@@ -8,13 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from deepfake import checkpoints as CK
-from deepfake import config as C
 from deepfake import data as D
 from deepfake import model as M
 from deepfake import training as T
 from deepfake.cli import main
 from deepfake.demo import make_demo_dataset
 from deepfake.input_pipeline import make_dataset
+from tests.helpers import TINY_ARGS
 
 SIZE = 32
 
@@ -26,14 +26,8 @@ def demo_dir(tmp_path_factory):
     return root
 
 
-def tiny_cfg(data_path, tmp_path, **sets):
-    base = {
-        "data.path": str(data_path), "data.image_size": SIZE, "data.batch_size": 8, "model.weights": "none",
-        "model.head_units": "[16]", "train.epochs": 2, "train.fine_tune_epochs": 1, "train.patience": 5,
-        "train.output_dir": str(tmp_path / "out"), "train.feature_cache": "false",
-    }
-    base.update(sets)
-    return C.resolve(set_args=[f"{k}={v}" for k, v in base.items()])
+# Two head epochs and one fine-tuning epoch of the tiny model, with a 16-unit head.
+TRAIN = ("model.head_units=[16]", "train.epochs=2", "train.fine_tune_epochs=1", "train.patience=5")
 
 
 def datasets(cfg):
@@ -42,8 +36,8 @@ def datasets(cfg):
             make_dataset(info.splits["val"], cfg.data, training=False, seed=1))
 
 
-def test_two_phases_checkpoints_and_frozen_batchnorm(demo_dir, tmp_path):
-    cfg = tiny_cfg(demo_dir, tmp_path, **{"train.fine_tune_stages": 1})
+def test_two_phases_checkpoints_and_frozen_batchnorm(demo_dir, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(*TRAIN, "train.fine_tune_stages=1", data=demo_dir)
     _, train_ds, val_ds = datasets(cfg)
     result = T.train(cfg, train_ds, val_ds, tmp_path / "ckpt", verbose=0)
     assert result.phase_boundary == 2
@@ -80,8 +74,8 @@ class _KillAfter:
         return Kill()
 
 
-def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path):
-    cfg = tiny_cfg(demo_dir, tmp_path, **{"train.epochs": 2, "train.fine_tune_epochs": 2})
+def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(*TRAIN, "train.epochs=2", "train.fine_tune_epochs=2", data=demo_dir)
     _, train_ds, val_ds = datasets(cfg)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(_Stop):
@@ -108,8 +102,8 @@ def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path):
     assert seen == []
 
 
-def test_seeded_training_is_reproducible(demo_dir, tmp_path):
-    cfg = tiny_cfg(demo_dir, tmp_path, **{"train.epochs": 1, "train.fine_tune_epochs": 0})
+def test_seeded_training_is_reproducible(demo_dir, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(*TRAIN, "train.epochs=1", "train.fine_tune_epochs=0", data=demo_dir)
     runs = []
     for i in range(2):
         _, train_ds, val_ds = datasets(cfg)
@@ -122,9 +116,8 @@ def test_cli_train_logs_everything_to_one_mlflow_run(demo_dir, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = CliRunner().invoke(main, [
-        "train", "--data", str(demo_dir), "--image-size", str(SIZE), "--weights", "none", "--epochs", "1",
-        "--fine-tune-epochs", "1", "--batch-size", "8", "--tracking-uri", uri, "--experiment", "t",
-        "--output-dir", str(tmp_path / "out"), "--set", "model.head_units=[8]",
+        "train", "--data", str(demo_dir), *TINY_ARGS, "--set", "train.feature_cache=true", "--epochs", "1",
+        "--fine-tune-epochs", "1", "--tracking-uri", uri, "--experiment", "t", "--output-dir", str(tmp_path / "out"),
     ])
     assert result.exit_code == 0, result.output
     assert "roc_auc" in result.output
