@@ -91,6 +91,7 @@ def test_cache_key_names_the_backbone(tiny_split_dataset, tmp_path):
     assert len(keys) == 3
 
 
+@pytest.mark.slow
 def test_phase_one_from_cache_trains_and_checkpoints_the_full_model(tiny_split_dataset, tmp_path):
     cfg = cfg_for(tiny_split_dataset, tmp_path, "train.epochs=2", "train.fine_tune_epochs=1", "train.patience=5")
     info = D.scan_dataset(cfg.data)

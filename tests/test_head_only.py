@@ -70,6 +70,7 @@ def test_evaluation_without_figures_keeps_the_metrics_and_reports(tmp_path):
         f.name for f in (tmp_path / "full").iterdir() if f.suffix != ".png"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["off", "bfloat16"])
 def test_head_only_probabilities_are_the_assembled_detectors_on_pixels(tiny_split_dataset, store, precision):
     """Val and test probabilities from the head on cached features are what the detector assembled from the run
@@ -99,6 +100,7 @@ def test_head_only_probabilities_are_the_assembled_detectors_on_pixels(tiny_spli
     assert mlflow.get_run(result.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_head_only_trial_after_the_first_touches_no_pixels_and_builds_no_backbone(tiny_split_dataset, store,
                                                                                     monkeypatch):
     calls: list[str] = []
@@ -188,6 +190,7 @@ def test_a_head_only_study_assembles_its_best_trial_and_registers_it(tiny_split_
     assert len(mlflow.search_logged_models([experiment], output_format="list")) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lean", [True, False])
 def test_a_run_scored_on_a_second_dataset_gives_what_the_detector_gives_there(tiny_split_dataset,
                                                                              tiny_unsplit_dataset, store, lean):

@@ -338,6 +338,7 @@ def test_pipeline_blends_through_the_keypoint_mask(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- training end to end
 
 
+@pytest.mark.slow
 def test_a_real_only_dataset_trains_with_synthetic_fakes(real_only_dataset, tmp_path):
     from deepfake import training as T
     from deepfake.input_pipeline import make_dataset

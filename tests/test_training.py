@@ -36,6 +36,8 @@ def datasets(cfg):
             make_dataset(info.splits["val"], cfg.data, training=False, seed=1))
 
 
+@pytest.mark.slow
+@pytest.mark.graph  # the training loop compiled, as users run it
 def test_two_phases_checkpoints_and_frozen_batchnorm(demo_dir, tmp_path, tiny_cfg):
     cfg = tiny_cfg(*TRAIN, "train.fine_tune_stages=1", data=demo_dir)
     _, train_ds, val_ds = datasets(cfg)
@@ -74,6 +76,7 @@ class _KillAfter:
         return Kill()
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path, tiny_cfg):
     cfg = tiny_cfg(*TRAIN, "train.epochs=2", "train.fine_tune_epochs=2", data=demo_dir)
     _, train_ds, val_ds = datasets(cfg)
@@ -102,6 +105,7 @@ def test_resume_continues_from_last_checkpoint(demo_dir, tmp_path, tiny_cfg):
     assert seen == []
 
 
+@pytest.mark.slow
 def test_seeded_training_is_reproducible(demo_dir, tmp_path, tiny_cfg):
     cfg = tiny_cfg(*TRAIN, "train.epochs=1", "train.fine_tune_epochs=0", data=demo_dir)
     runs = []
