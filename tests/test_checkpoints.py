@@ -17,23 +17,15 @@ from click.testing import CliRunner
 
 from deepfake import atomic
 from deepfake import checkpoints as CK
-from deepfake import config as C
 from deepfake import data as D
 from deepfake import model as M
 from deepfake import training as T
 from deepfake.cli import main
 from deepfake.input_pipeline import make_dataset
+from tests.helpers import TINY, TINY_ARGS
 
-SIZE = 32
-SETTINGS = {
-    "data.image_size": SIZE, "data.batch_size": 8, "model.weights": "none", "model.head_units": "[16]",
-    "train.epochs": 2, "train.fine_tune_epochs": 2, "train.patience": 5, "train.feature_cache": "false",
-}
-
-
-def tiny_cfg(data_path, tmp_path):
-    sets = {**SETTINGS, "data.path": str(data_path), "train.output_dir": str(tmp_path / "out")}
-    return C.resolve(set_args=[f"{k}={v}" for k, v in sets.items()])
+# The tiny model with a 16-unit head: two head epochs, then two fine-tuning epochs.
+CHECKPOINTED = ("model.head_units=[16]", "train.epochs=2", "train.fine_tune_epochs=2", "train.patience=5")
 
 
 def datasets(cfg):
@@ -149,20 +141,20 @@ KILL_MID_SAVE = textwrap.dedent("""
 """)
 
 
-def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_split_dataset, tmp_path):
+def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_split_dataset, tmp_path, tiny_cfg):
     """SIGKILL while last.keras of epoch 3 is half written: epoch 2's checkpoint is whole; --resume runs epochs 3-4."""
     ckpt = tmp_path / "ckpt"
     script = tmp_path / "kill_mid_save.py"
     script.write_text(KILL_MID_SAVE)
     proc = subprocess.run([sys.executable, str(script), str(tiny_split_dataset), str(ckpt),
-                           *[f"{k}={v}" for k, v in SETTINGS.items()]], capture_output=True, text=True, timeout=600)
+                           *TINY, *CHECKPOINTED], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     state = CK.read_state(ckpt)
     assert state["epochs_done"] == 2 and state["phase"] == 2
     M.load_keras_model(ckpt / CK.LAST_FILE)  # whole: epoch 2's checkpoint
     assert list(ckpt.glob(".last.*.tmp.keras")), "the killed writer left its temporary file behind"
 
-    cfg = tiny_cfg(tiny_split_dataset, tmp_path)
+    cfg = tiny_cfg(*CHECKPOINTED, data=tiny_split_dataset)
     seen = EpochsRun()
     result = T.train(cfg, *datasets(cfg), ckpt, callbacks=[seen], resume=True, verbose=0)
     assert seen.epochs == [2, 3]
@@ -172,9 +164,9 @@ def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_
     assert not list(ckpt.glob(".*.tmp.*"))
 
 
-def test_unreadable_last_checkpoint_falls_back_to_best_with_a_warning(tiny_split_dataset, tmp_path, caplog):
+def test_unreadable_last_checkpoint_falls_back_to_best_with_a_warning(tiny_split_dataset, tmp_path, tiny_cfg, caplog):
     """A truncated last.keras (as an older version left it) beside a valid state.json: resume from best.keras."""
-    cfg = tiny_cfg(tiny_split_dataset, tmp_path)
+    cfg = tiny_cfg(*CHECKPOINTED, data=tiny_split_dataset)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Stop):
         T.train(cfg, *datasets(cfg), ckpt, callbacks=[StopAfter(2)], verbose=0)
@@ -220,10 +212,9 @@ def test_cli_full_disk_exits_2_with_one_line_and_resume_works_once_space_is_free
                                                                                 monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["train", "--data", str(tiny_split_dataset), "--image-size", str(SIZE), "--weights", "none",
-            "--epochs", "2", "--fine-tune-epochs", "2", "--batch-size", "8", "--tracking-uri", uri,
-            "--experiment", "disk", "--output-dir", str(tmp_path / "out"), "--set", "model.head_units=[16]",
-            "--set", "train.feature_cache=false", "--set", "tracking.log_model=false"]
+    args = ["train", "--data", str(tiny_split_dataset), *TINY_ARGS, "--set", "model.head_units=[16]",
+            "--epochs", "2", "--fine-tune-epochs", "2", "--tracking-uri", uri, "--experiment", "disk",
+            "--output-dir", str(tmp_path / "out"), "--set", "tracking.log_model=false"]
     ckpt = tmp_path / "out" / "checkpoints"
     _fill_disk_on_third_last_save(monkeypatch)
     full = CliRunner().invoke(main, args)
@@ -251,8 +242,9 @@ def test_cli_full_disk_exits_2_with_one_line_and_resume_works_once_space_is_free
     assert steps == [0, 1, 2, 3]
 
 
-def test_full_disk_during_training_keeps_checkpoints_and_resume_works(tiny_split_dataset, tmp_path, monkeypatch):
-    cfg = tiny_cfg(tiny_split_dataset, tmp_path)
+def test_full_disk_during_training_keeps_checkpoints_and_resume_works(tiny_split_dataset, tmp_path, tiny_cfg,
+                                                                     monkeypatch):
+    cfg = tiny_cfg(*CHECKPOINTED, data=tiny_split_dataset)
     ckpt = tmp_path / "ckpt"
     _fill_disk_on_third_last_save(monkeypatch)
     with pytest.raises(atomic.DiskFullError, match=f"in {ckpt}: writing last.keras needs about"):
