@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from deepfake import config as C
 from deepfake import data as D
 from deepfake import features as F
 from deepfake import model as M
@@ -13,9 +12,14 @@ from deepfake import training as T
 from deepfake.input_pipeline import make_dataset
 
 
-def cfg_for(root, tmp_path, *sets):
-    return C.resolve(set_args=[f"data.path={root}", "data.image_size=32", "data.batch_size=8", "model.weights=none",
-                               "model.head_units=[8]", f"train.feature_cache_dir={tmp_path / 'cache'}", *sets])
+@pytest.fixture()
+def cfg_for(tiny_cfg, tmp_path):
+    """``cfg_for(root, *sets)``: the tiny configuration on dataset ``root``, its feature cache in this test's folder."""
+
+    def make(root, *sets):
+        return tiny_cfg(f"train.feature_cache_dir={tmp_path / 'cache'}", *sets, data=root)
+
+    return make
 
 
 @pytest.fixture()
@@ -31,8 +35,8 @@ def counted(monkeypatch):
     return calls
 
 
-def test_hit_after_first_computation(tiny_split_dataset, tmp_path, counted):
-    cfg = cfg_for(tiny_split_dataset, tmp_path)
+def test_hit_after_first_computation(tiny_split_dataset, counted, cfg_for):
+    cfg = cfg_for(tiny_split_dataset)
     info = D.scan_dataset(cfg.data)
     model = M.build_model(cfg)
     first = F.FeatureCache(cfg).get(model, info.splits["train"])
@@ -43,8 +47,8 @@ def test_hit_after_first_computation(tiny_split_dataset, tmp_path, counted):
     assert first.shape == (16, M.backbone_spec(model).feature_dim)
 
 
-def test_cached_features_through_the_head_match_the_full_model(tiny_split_dataset, tmp_path):
-    cfg = cfg_for(tiny_split_dataset, tmp_path)
+def test_cached_features_through_the_head_match_the_full_model(tiny_split_dataset, cfg_for):
+    cfg = cfg_for(tiny_split_dataset)
     info = D.scan_dataset(cfg.data)
     model = M.build_model(cfg)
     feats = F.FeatureCache(cfg).get(model, info.splits["val"])
@@ -54,23 +58,23 @@ def test_cached_features_through_the_head_match_the_full_model(tiny_split_datase
 
 
 @pytest.mark.parametrize("change", ["image_size", "representation", "weights", "file", "backbone"])
-def test_any_key_change_invalidates(tiny_split_dataset, tmp_path, counted, change):
+def test_any_key_change_invalidates(tiny_split_dataset, tmp_path, counted, change, cfg_for):
     import shutil
 
     root = tmp_path / "data"
     shutil.copytree(tiny_split_dataset, root)
-    cfg = cfg_for(root, tmp_path)
+    cfg = cfg_for(root)
     info = D.scan_dataset(cfg.data)
     model = M.build_model(cfg)
     F.FeatureCache(cfg).get(model, info.splits["val"])
     if change == "image_size":
-        cfg = cfg_for(root, tmp_path, "data.image_size=48")
+        cfg = cfg_for(root, "data.image_size=48")
         model = M.build_model(cfg)
     elif change == "representation":
-        cfg = cfg_for(root, tmp_path, "model.representation=npr")
+        cfg = cfg_for(root, "model.representation=npr")
         model = M.build_model(cfg)
     elif change == "backbone":
-        cfg = cfg_for(root, tmp_path, "model.backbone=efficientnet_lite0")
+        cfg = cfg_for(root, "model.backbone=efficientnet_lite0")
         model = M.build_model(cfg)
     elif change == "weights":
         T.set_seeds(123)
@@ -83,17 +87,17 @@ def test_any_key_change_invalidates(tiny_split_dataset, tmp_path, counted, chang
     assert cache.misses == 1 and cache.hits == 0 and len(counted) == 2
 
 
-def test_cache_key_names_the_backbone(tiny_split_dataset, tmp_path):
+def test_cache_key_names_the_backbone(tiny_split_dataset, cfg_for):
     """Two backbones never share cached features, even with an equal weights fingerprint."""
-    paths = D.scan_dataset(cfg_for(tiny_split_dataset, tmp_path).data).splits["val"].paths
-    keys = {F.cache_key(paths, cfg_for(tiny_split_dataset, tmp_path, f"model.backbone={name}"), "same")
+    paths = D.scan_dataset(cfg_for(tiny_split_dataset).data).splits["val"].paths
+    keys = {F.cache_key(paths, cfg_for(tiny_split_dataset, f"model.backbone={name}"), "same")
             for name in ("resnet50", "efficientnet_lite0", "efficientnet_b0")}
     assert len(keys) == 3
 
 
 @pytest.mark.slow
-def test_phase_one_from_cache_trains_and_checkpoints_the_full_model(tiny_split_dataset, tmp_path):
-    cfg = cfg_for(tiny_split_dataset, tmp_path, "train.epochs=2", "train.fine_tune_epochs=1", "train.patience=5")
+def test_phase_one_from_cache_trains_and_checkpoints_the_full_model(tiny_split_dataset, tmp_path, cfg_for):
+    cfg = cfg_for(tiny_split_dataset, "train.epochs=2", "train.fine_tune_epochs=1", "train.patience=5")
     info = D.scan_dataset(cfg.data)
     train_ds = make_dataset(info.splits["train"], cfg.data, training=True)
     val_ds = make_dataset(info.splits["val"], cfg.data, training=False)
