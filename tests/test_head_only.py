@@ -16,6 +16,7 @@ from deepfake import features as F
 from deepfake import model as M
 from deepfake.cli import main
 from deepfake.inference import load_predictor
+from tests.helpers import TINY_ARGS, tiny_config
 
 
 @pytest.fixture()
@@ -26,12 +27,16 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def head_cfg(root, tmp_path, name="trial", *sets):
-    return C.resolve(set_args=[
-        f"data.path={root}", "data.image_size=32", "data.batch_size=8", "model.weights=none", "model.head_units=[8]",
-        "train.epochs=2", "train.fine_tune_epochs=0", "data.leakage_check=false", "data.audit=false",
-        f"train.feature_cache_dir={tmp_path / 'features'}", f"train.output_dir={tmp_path / name}",
-        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=head-only", *sets])
+# A head-only trial of the tiny model: two head epochs from the feature cache, no fine-tuning.
+HEAD_ONLY_SETS = ("train.feature_cache=true", "train.epochs=2", "train.fine_tune_epochs=0", "data.leakage_check=false",
+                  "data.audit=false")
+
+
+def head_cfg(root, store, name="trial", *sets):
+    """The head-only trial ``name`` on dataset ``root``: features, outputs and MLflow store under ``store``."""
+    return tiny_config(*HEAD_ONLY_SETS, f"train.feature_cache_dir={store / 'features'}",
+                       f"tracking.tracking_uri=sqlite:///{store}/mlflow.db", "tracking.experiment=head-only", *sets,
+                       data=root, out=store / name)
 
 
 def logged_predictions(out_dir):
@@ -134,9 +139,7 @@ def test_a_head_only_trial_after_the_first_touches_no_pixels_and_builds_no_backb
 # ----------------------------------------------------------------------------- a study
 
 
-HEAD_ONLY = ["--image-size", "32", "--weights", "none", "--epochs", "2", "--fine-tune-epochs", "0",
-             "--batch-size", "8", "--set", "model.head_units=[8]", "--set", "data.leakage_check=false",
-             "--set", "data.audit=false"]
+HEAD_ONLY = [*TINY_ARGS, *(arg for setting in HEAD_ONLY_SETS for arg in ("--set", setting))]
 
 
 @pytest.mark.slow
