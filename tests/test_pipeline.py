@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake import config as C
 from deepfake import pipeline
 from deepfake.calibration import apply_temperature
 from deepfake.images import load_image
 
-
-def make_cfg(path, *sets):
-    return C.resolve(set_args=[f"data.path={path}", "data.image_size=32", "data.batch_size=4", "train.seed=0", *sets])
+# The tiny configuration in batches of 4, seeded 0.
+PIPELINE = ("data.batch_size=4", "train.seed=0")
 
 
 @pytest.fixture()
@@ -37,8 +35,8 @@ def run_prepare(cfg):
     return info, "\n".join(lines)
 
 
-def test_prepare_dataset_reports_a_duplicate_across_splits_and_keeps_it(leaky):
-    info, printed = run_prepare(make_cfg(leaky["root"]))
+def test_prepare_dataset_reports_a_duplicate_across_splits_and_keeps_it(leaky, tiny_cfg):
+    info, printed = run_prepare(tiny_cfg(*PIPELINE, data=leaky["root"]))
     exact = [leak for leak in info.leaks if leak.kind == "exact"]
     assert [(leak.kept_path, leak.dup_path) for leak in exact] == [(str(leaky["original"]), str(leaky["copy"]))]
     assert "Leakage check:" in printed and "use --set data.dedupe=true to remove them" in printed
@@ -46,15 +44,15 @@ def test_prepare_dataset_reports_a_duplicate_across_splits_and_keeps_it(leaky):
     assert f"Dataset {leaky['root']}" in printed  # then the dataset table
 
 
-def test_prepare_dataset_dedupe_removes_the_copy_from_the_later_split(leaky):
-    info, printed = run_prepare(make_cfg(leaky["root"], "data.dedupe=true"))
+def test_prepare_dataset_dedupe_removes_the_copy_from_the_later_split(leaky, tiny_cfg):
+    info, printed = run_prepare(tiny_cfg(*PIPELINE, "data.dedupe=true", data=leaky["root"]))
     assert "removed from the later split: data.dedupe" in printed
     assert str(leaky["copy"]) not in info.splits["test"].paths
     assert str(leaky["original"]) in info.splits["train"].paths  # the earlier split keeps its image
     assert any("dedupe: removed" in note for note in info.notes)
 
 
-def test_prepare_dataset_audit_warns_of_a_shortcut(tiny_split_dataset, tmp_path, caplog):
+def test_prepare_dataset_audit_warns_of_a_shortcut(tiny_split_dataset, tmp_path, caplog, tiny_cfg):
     """Every fake a PNG, every real a JPEG: the file format alone tells the classes apart."""
     root = tmp_path / "shortcut"
     shutil.copytree(tiny_split_dataset, root)
@@ -63,23 +61,24 @@ def test_prepare_dataset_audit_warns_of_a_shortcut(tiny_split_dataset, tmp_path,
             img.save(jpg.with_suffix(".png"))
         jpg.unlink()
     with caplog.at_level(logging.WARNING, logger="deepfake.pipeline"):
-        info, printed = run_prepare(make_cfg(root))
+        info, printed = run_prepare(tiny_cfg(*PIPELINE, data=root))
     assert "format" in info.audit.shortcuts
     assert "Dataset audit:" in printed and "WARNING: shortcut: " in printed
     assert any(r.message.startswith("shortcut: ") for r in caplog.records)  # also logged, for log files
-    info, printed = run_prepare(make_cfg(root, "data.audit=false", "data.leakage_check=false"))
+    info, printed = run_prepare(tiny_cfg(*PIPELINE, "data.audit=false", "data.leakage_check=false", data=root))
     assert info.audit is None and info.leaks == []
     assert "Dataset audit:" not in printed and "Leakage check:" not in printed
 
 
-def test_evaluate_split_predicts_in_file_order_calibrated_and_writes_the_evaluation(tiny_split_dataset, tmp_path):
+def test_evaluate_split_predicts_in_file_order_calibrated_and_writes_the_evaluation(tiny_split_dataset, tmp_path,
+                                                                                   tiny_cfg):
     """A model without a backbone whose output is known (sigmoid of the mean red value): the split's
     probabilities are those of its files in order, with the temperature applied."""
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(1, activation="sigmoid")])
     model.layers[-1].set_weights([np.array([[0.05], [0.0], [0.0]], dtype="float32"), np.array([-5.0], "float32")])
-    cfg = make_cfg(tiny_split_dataset)
-    info, _ = run_prepare(make_cfg(tiny_split_dataset, "data.audit=false", "data.leakage_check=false"))
+    cfg = tiny_cfg(*PIPELINE, data=tiny_split_dataset)
+    info, _ = run_prepare(tiny_cfg(*PIPELINE, "data.audit=false", "data.leakage_check=false", data=tiny_split_dataset))
     split = info.splits["test"]
     result = pipeline.evaluate_split(model, split, cfg, tmp_path / "eval", threshold=0.5, prefix="test",
                                      temperature=2.0)
