@@ -11,11 +11,12 @@ from deepfake import data as D
 from deepfake import images as IM
 from deepfake import input_pipeline as IP
 from deepfake.errors import DeepfakeError
-from tests.helpers import png_bomb
+from tests.helpers import png_bomb, tiny_config
 
 
 def dcfg(path, *sets):
-    return C.resolve(set_args=[f"data.path={path}", "data.image_size=32", "data.batch_size=4", *sets]).data
+    """The data settings of the tiny configuration (in batches of 4) on dataset ``path``."""
+    return tiny_config("data.batch_size=4", *sets, data=path).data
 
 
 def write_image(path, mode="RGB", size=(20, 16), fmt=None):
