@@ -12,6 +12,7 @@ from deepfake import data as D
 from deepfake import synthetic as S
 from deepfake.demo import draw_face
 from deepfake.errors import DeepfakeError
+from tests.helpers import tiny_config
 
 SIZE = 32
 KEYPOINTS = np.array([[22, 26], [42, 26], [32, 36], [25, 46], [39, 46]], dtype=float)  # in a 64 px face
@@ -31,11 +32,8 @@ def write_faces(folder, n, seed=0, size=SIZE):
     return paths
 
 
-def data_cfg(**sets):
-    base = {"data.image_size": SIZE, "data.batch_size": 8, "data.synthetic_fakes.kind": "sbi",
-            "data.synthetic_fakes.landmarks": False, "data.augment.flip": False}
-    base.update(sets)
-    return C.resolve(set_args=[f"{k}={v}" for k, v in base.items()])
+# The tiny configuration (SIZE px) with self-blended fakes, no face landmarks and no flips.
+SBI = ("data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.landmarks=false", "data.augment.flip=false")
 
 
 # ----------------------------------------------------------------------------- self-blended images
@@ -136,7 +134,7 @@ def test_fake_from_seed_keeps_untouched_float_pixels_exactly():
 ])
 def test_config_validation(sets, fragment):
     with pytest.raises(DeepfakeError) as err:
-        data_cfg(**sets)
+        tiny_config(*SBI, *(f"{k}={v}" for k, v in sets.items()))
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
@@ -144,7 +142,7 @@ def test_config_defaults_and_overrides():
     cfg = C.resolve()
     assert (cfg.data.synthetic_fakes.kind, cfg.data.synthetic_fakes.fraction) == ("none", 0.5)
     assert cfg.data.synthetic_fakes.landmarks is True
-    cfg = data_cfg(**{"data.synthetic_fakes.kind": "both", "data.synthetic_fakes.fraction": 0.25})
+    cfg = tiny_config(*SBI, "data.synthetic_fakes.kind=both", "data.synthetic_fakes.fraction=0.25")
     assert cfg.flat()["data.synthetic_fakes.kind"] == "both" and cfg.data.synthetic_fakes.fraction == 0.25
 
 
@@ -172,14 +170,14 @@ def real_only_dataset(tmp_path_factory):
 
 
 def test_scan_allows_a_real_only_train_split_with_synthetic_fakes(real_only_dataset, tmp_path):
-    cfg = data_cfg(**{"data.path": str(real_only_dataset)})
+    cfg = tiny_config(*SBI, data=real_only_dataset)
     info = D.scan_dataset(cfg.data, check_images=False)
     assert info.splits["train"].counts(["real", "fake"]) == {"real": 16, "fake": 0}
     assert info.class_weights() == pytest.approx({0: 24 / 32, 1: 24 / 16})
     assert "train" in info.report() and info.summary()["imbalance_ratio"]["train"] is None
     # without synthetic fakes every split still needs both classes
     with pytest.raises(DeepfakeError, match="train/fake has no images"):
-        D.scan_dataset(data_cfg(**{"data.path": str(real_only_dataset), "data.synthetic_fakes.kind": "none"}).data,
+        D.scan_dataset(tiny_config(*SBI, "data.synthetic_fakes.kind=none", data=real_only_dataset).data,
                        check_images=False)
     # a train/fake/ folder that is missing entirely is fine too; val/ is still needed
     other = tmp_path / "d"
@@ -188,11 +186,11 @@ def test_scan_allows_a_real_only_train_split_with_synthetic_fakes(real_only_data
         write_faces(other / split / "real", 3)
         write_faces(other / split / "fake", 3, seed=9)
     with pytest.raises(DeepfakeError, match="needs a val/ folder") as err:
-        D.scan_dataset(data_cfg(**{"data.path": str(other)}).data, check_images=False)
+        D.scan_dataset(tiny_config(*SBI, data=other).data, check_images=False)
     assert "\n" not in str(err.value)
     write_faces(other / "val" / "real", 3)
     with pytest.raises(DeepfakeError, match="val.*fake"):
-        D.scan_dataset(data_cfg(**{"data.path": str(other)}).data, check_images=False)
+        D.scan_dataset(tiny_config(*SBI, data=other).data, check_images=False)
 
 
 def test_head_only_and_feature_cache_are_off_with_synthetic_fakes():
@@ -224,7 +222,7 @@ def real_split(tmp_path_factory):
 def test_make_dataset_adds_seeded_fakes_of_the_reals(real_split):
     from deepfake.input_pipeline import make_dataset
 
-    cfg = data_cfg(**{"data.synthetic_fakes.fraction": 0.5})
+    cfg = tiny_config(*SBI, "data.synthetic_fakes.fraction=0.5")
     ds = make_dataset(real_split, cfg.data, training=True, seed=3)
     assert tuple(ds.element_spec[0].shape) == (None, SIZE, SIZE, 3) and tuple(ds.element_spec[1].shape) == (None,)
     assert int(ds.cardinality()) == 8  # 40 reals + 20 fakes in batches of 8: Keras knows an epoch's steps
@@ -250,15 +248,14 @@ def test_make_dataset_adds_seeded_fakes_of_the_reals(real_split):
     np.testing.assert_array_equal(again[1], y1)
     other = epoch(make_dataset(real_split, cfg.data, training=True, seed=4))
     assert not np.array_equal(other[0], x1)
-    x0, _ = epoch(make_dataset(real_split, data_cfg(**{"data.synthetic_fakes.kind": "none"}).data, training=True,
+    x0, _ = epoch(make_dataset(real_split, tiny_config(*SBI, "data.synthetic_fakes.kind=none").data, training=True,
                                seed=3))
     picked = [i for i in range(len(y1)) if y1[i] == 1]
     sources = {x1[i - 1].tobytes() for i in picked}
     assert len(sources) == 20 and sources <= {f.tobytes() for f in x0}
     # fraction 1: every real gives a fake; evaluation datasets never get any
-    x, y = epoch(make_dataset(real_split, data_cfg(**{"data.synthetic_fakes.fraction": 1,
-                                                       "data.synthetic_fakes.kind": "both"}).data,
-                              training=True, seed=3))
+    both = tiny_config(*SBI, "data.synthetic_fakes.fraction=1", "data.synthetic_fakes.kind=both").data
+    x, y = epoch(make_dataset(real_split, both, training=True, seed=3))
     assert (y == 1).sum() == 40
     assert (epoch(make_dataset(real_split, cfg.data, training=False))[1] == 0).all()
 
@@ -268,7 +265,7 @@ def test_fakes_are_made_of_reals_only(tmp_path):
 
     paths = write_faces(tmp_path / "r", 6) + write_faces(tmp_path / "f", 6, seed=50)
     split = D.Split(paths, [0] * 6 + [1] * 6)
-    x, y = epoch(make_dataset(split, data_cfg(**{"data.synthetic_fakes.fraction": 1}).data, training=True, seed=0))
+    x, y = epoch(make_dataset(split, tiny_config(*SBI, "data.synthetic_fakes.fraction=1").data, training=True, seed=0))
     assert (y == 0).sum() == 6 and (y == 1).sum() == 12
     assert D.balanced_class_weights(split.labels, 2, 1) == pytest.approx({0: 18 / 12, 1: 18 / 24})
 
@@ -293,7 +290,7 @@ def test_keypoints_are_detected_once_and_cached(tmp_path, monkeypatch):
         return [[fake_face(KEYPOINTS)], [], [fake_face(KEYPOINTS + 2)]][:len(images)]
 
     monkeypatch.setattr(faces, "detect_faces_batch", detect)
-    cfg = data_cfg(**{"data.media_cache_dir": str(tmp_path / "cache")}).data  # image_size 32: half of 64
+    cfg = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache'}").data  # image_size 32: half of 64
     first = S.keypoints_for(paths, cfg)
     assert calls == [3]
     assert first.shape == (3, 5, 2) and first.dtype == np.float32
@@ -311,11 +308,11 @@ def test_keypoints_are_detected_once_and_cached(tmp_path, monkeypatch):
     assert calls == [3, 1]
     # the input pipeline asks only with kind sbi/both and landmarks on, and only for the reals
     calls.clear()
-    on = data_cfg(**{"data.media_cache_dir": str(tmp_path / "cache2"), "data.synthetic_fakes.landmarks": True}).data
+    on = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache2'}", "data.synthetic_fakes.landmarks=true").data
     kp = S.training_keypoints(paths, [0, 1, 0], on)
     assert calls == [2] and (kp[1] == -1).all() and (kp[0] != -1).all()
-    off = data_cfg(**{"data.media_cache_dir": str(tmp_path / "cache3"), "data.synthetic_fakes.kind": "resynth",
-                      "data.synthetic_fakes.landmarks": True}).data
+    off = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache3'}", "data.synthetic_fakes.kind=resynth",
+                      "data.synthetic_fakes.landmarks=true").data
     assert (S.training_keypoints(paths, [0, 0, 0], off) == -1).all() and calls == [2]
 
 
@@ -326,8 +323,8 @@ def test_pipeline_blends_through_the_keypoint_mask(tmp_path, monkeypatch):
     paths = write_faces(tmp_path / "img", 8, size=SIZE)
     small = np.array([[4, 5], [14, 5], [9, 9], [5, 13], [13, 13]], dtype=float)  # top left: not the ellipse's place
     monkeypatch.setattr(faces, "detect_faces_batch", lambda images, cfg: [[fake_face(small)] for _ in images])
-    cfg = data_cfg(**{"data.media_cache_dir": str(tmp_path / "cache"), "data.synthetic_fakes.landmarks": True,
-                      "data.synthetic_fakes.fraction": 1})
+    cfg = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache'}", "data.synthetic_fakes.landmarks=true",
+                      "data.synthetic_fakes.fraction=1")
     x, y = epoch(make_dataset(D.Split(paths, [0] * 8), cfg.data, training=True, seed=1))
     for i in np.flatnonzero(y == 1):
         changed = np.abs(x[i] - x[i - 1]).sum(-1) > 0
@@ -339,16 +336,12 @@ def test_pipeline_blends_through_the_keypoint_mask(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_real_only_dataset_trains_with_synthetic_fakes(real_only_dataset, tmp_path):
+def test_a_real_only_dataset_trains_with_synthetic_fakes(real_only_dataset, tmp_path, tiny_cfg):
     from deepfake import training as T
     from deepfake.input_pipeline import make_dataset
 
-    cfg = C.resolve(set_args=[
-        f"data.path={real_only_dataset}", f"data.image_size={SIZE}", "data.batch_size=8", "model.weights=none",
-        "model.backbone=efficientnet_lite0", "model.head_units=[8]", "train.epochs=1", "train.fine_tune_epochs=0",
-        f"train.output_dir={tmp_path / 'out'}", "train.feature_cache=false", "data.synthetic_fakes.kind=sbi",
-        "data.synthetic_fakes.landmarks=false",
-    ])
+    cfg = tiny_cfg("model.backbone=efficientnet_lite0", "train.epochs=1", "train.fine_tune_epochs=0",
+                   "data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.landmarks=false", data=real_only_dataset)
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, check_images=False)
     train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
     val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
