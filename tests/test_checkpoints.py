@@ -141,6 +141,7 @@ KILL_MID_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_split_dataset, tmp_path, tiny_cfg):
     """SIGKILL while last.keras of epoch 3 is half written: epoch 2's checkpoint is whole; --resume runs epochs 3-4."""
     ckpt = tmp_path / "ckpt"
@@ -164,6 +165,7 @@ def test_kill_mid_save_keeps_the_last_good_checkpoint_and_resume_continues(tiny_
     assert not list(ckpt.glob(".*.tmp.*"))
 
 
+@pytest.mark.slow
 def test_unreadable_last_checkpoint_falls_back_to_best_with_a_warning(tiny_split_dataset, tmp_path, tiny_cfg, caplog):
     """A truncated last.keras (as an older version left it) beside a valid state.json: resume from best.keras."""
     cfg = tiny_cfg(*CHECKPOINTED, data=tiny_split_dataset)
@@ -242,6 +244,7 @@ def test_cli_full_disk_exits_2_with_one_line_and_resume_works_once_space_is_free
     assert steps == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_keeps_checkpoints_and_resume_works(tiny_split_dataset, tmp_path, tiny_cfg,
                                                                      monkeypatch):
     cfg = tiny_cfg(*CHECKPOINTED, data=tiny_split_dataset)
