@@ -8,18 +8,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from deepfake import config as C
-from deepfake import model as M
 from deepfake import tracking
-from deepfake.inference import ModelMeta, Predictor, example_frames, pip_requirements, pyfunc_artifacts, save_detector
+from deepfake.inference import META_FILE, ModelMeta, Predictor, example_frames, pip_requirements, pyfunc_artifacts
+from tests.helpers import tiny_config
 
 
 @pytest.fixture()
-def logged(tmp_path):
-    cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]",
-                              f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=pyfunc"])
-    meta = ModelMeta(threshold=0.5, image_size=32)
-    model_dir = save_detector(M.build_model(cfg), meta, tmp_path / "detector")
+def logged(tmp_path, untrained_detector):
+    """The untrained tiny detector (read, not changed) logged as a pyfunc to a fresh MLflow store."""
+    cfg = tiny_config(f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=pyfunc")
+    model_dir = untrained_detector
+    meta = ModelMeta.load(model_dir / META_FILE)
     tracking.setup(cfg.tracking)
     with tracking.start_run("pyfunc"):
         uri = tracking.log_model(pyfunc_artifacts(model_dir), *example_frames(meta), pip_requirements())
