@@ -14,18 +14,9 @@ from deepfake import calibration, leakage
 from deepfake import config as C
 from deepfake import data as D
 from deepfake import evaluation as E
-from deepfake import model as M
 from deepfake.cli import main
-from deepfake.inference import ModelMeta, Predictor, save_detector
-
-
-@pytest.fixture(scope="module")
-def detector_dir(tmp_path_factory):
-    """An untrained 32 px detector saved to disk: enough to exercise the evaluation mechanics."""
-    cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]"])
-    out = tmp_path_factory.mktemp("detector")
-    save_detector(M.build_model(cfg), ModelMeta(threshold=0.5, image_size=32), out)
-    return out
+from deepfake.inference import Predictor
+from tests.helpers import tiny_config
 
 
 def test_perturbations_change_the_image_and_stay_decodable(tiny_split_dataset):
@@ -43,8 +34,8 @@ def test_perturbations_change_the_image_and_stay_decodable(tiny_split_dataset):
     assert d["jpeg_q30"] > d["jpeg_q95"] and d["blur_sigma2"] > d["blur_sigma1"]
 
 
-def test_robustness_sweep_table_and_plot(detector_dir, tiny_split_dataset, tmp_path):
-    predictor = Predictor.from_dir(detector_dir)
+def test_robustness_sweep_table_and_plot(untrained_detector, tiny_split_dataset, tmp_path):
+    predictor = Predictor.from_dir(untrained_detector)
     split = D.scan_dataset(C.resolve(set_args=[f"data.path={tiny_split_dataset}"]).data).splits["test"]
     sweep = E.robustness_sweep(predictor, split, tmp_path, names=["none", "jpeg_q50", "blur_sigma2"])
     assert [r["perturbation"] for r in sweep["rows"]] == ["none", "jpeg_q50", "blur_sigma2"]
@@ -107,7 +98,7 @@ def test_leakage_finds_exact_and_near_duplicates_and_dedupe_removes_later_copies
     shutil.copy(train_img, root / "test" / "fake" / "exact_copy.jpg")
     with Image.open(train_img) as img:
         img.convert("RGB").save(root / "val" / "fake" / "near_copy.jpg", quality=60)  # re-encoded: near duplicate
-    cfg = C.resolve(set_args=[f"data.path={root}", "data.image_size=32"])
+    cfg = tiny_config(data=root)
     info = D.scan_dataset(cfg.data)
     leaks = leakage.find_leaks(info, max_distance=4)
     kinds = {(leak.kind, leak.dup_path.rsplit("/", 1)[-1]) for leak in leaks}
@@ -126,13 +117,13 @@ def test_clean_dataset_has_no_leaks(tiny_split_dataset):
     assert leakage.find_leaks(info, max_distance=0) == []
 
 
-def test_evaluate_cli_takes_a_held_out_dataset_whole(detector_dir, tiny_unsplit_dataset, tiny_split_dataset,
+def test_evaluate_cli_takes_a_held_out_dataset_whole(untrained_detector, tiny_unsplit_dataset, tiny_split_dataset,
                                                      tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
     def evaluate(data, *extra):
-        result = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(data),
+        result = CliRunner().invoke(main, ["evaluate", "--model", str(untrained_detector), "--data", str(data),
                                            "--no-report", "--output-dir", str(tmp_path / "ev"),
                                            "--tracking-uri", uri, *extra])
         assert result.exit_code == 0, result.output
@@ -156,12 +147,13 @@ def test_evaluate_cli_takes_a_held_out_dataset_whole(detector_dir, tiny_unsplit_
     assert "Evaluating 4 images (2 real, 2 fake)" in output and "every image of test/" in output
     assert run.data.metrics["test_n"] == 4
     # A bad --split for that folder: one line, exit 2.
-    bad = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(only_test),
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(untrained_detector), "--data", str(only_test),
                                     "--split", "val", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "held_out/val is missing" in bad.output and "Traceback" not in bad.output
 
 
-def test_evaluate_cli_with_metadata_robustness_and_report(detector_dir, tiny_split_dataset, tmp_path, monkeypatch):
+def test_evaluate_cli_with_metadata_robustness_and_report(untrained_detector, tiny_split_dataset, tmp_path,
+                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = tmp_path / "metadata.csv"
     with meta.open("w") as f:
@@ -170,7 +162,7 @@ def test_evaluate_cli_with_metadata_robustness_and_report(detector_dir, tiny_spl
             f.write(f"{p.relative_to(tiny_split_dataset)},{'camera' if '/real/' in str(p) else 'generator-x'}\n")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = CliRunner().invoke(main, [
-        "evaluate", "--model", str(detector_dir), "--data", str(tiny_split_dataset), "--metadata", str(meta),
+        "evaluate", "--model", str(untrained_detector), "--data", str(tiny_split_dataset), "--metadata", str(meta),
         "--robustness", "--output-dir", str(tmp_path / "ev"), "--tracking-uri", uri,
     ])
     assert result.exit_code == 0, result.output
@@ -180,7 +172,7 @@ def test_evaluate_cli_with_metadata_robustness_and_report(detector_dir, tiny_spl
     assert page.count("data:image/png;base64,") >= 5 and "per source" in page and "robustness" in page
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["deepfake-evaluation"], output_format="list")[0]
-    assert run.data.tags["model_uri"] == str(detector_dir)
+    assert run.data.tags["model_uri"] == str(untrained_detector)
     assert "test_roc_auc" in run.data.metrics and "robustness.jpeg_q30.roc_auc" in run.data.metrics
     assert "test_ece" in run.data.metrics
     # `deepfake report --run` writes the page for any run and logs it to that run.
@@ -210,7 +202,7 @@ def test_cross_dataset_rows_by_hand():
     assert E.cross_dataset_rows("set", labels, probs, 0.5) == rows[:1]  # no sources: the dataset's row only
 
 
-def test_evaluate_cli_on_several_datasets_prints_one_table_and_logs_one_run(detector_dir, tiny_split_dataset,
+def test_evaluate_cli_on_several_datasets_prints_one_table_and_logs_one_run(untrained_detector, tiny_split_dataset,
                                                                            tiny_unsplit_dataset, tmp_path,
                                                                            monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -221,8 +213,9 @@ def test_evaluate_cli_on_several_datasets_prints_one_table_and_logs_one_run(dete
         for i, p in enumerate(sorted(other.rglob("*.jpg"))):
             f.write(f"{p.relative_to(other)},{'camera' if '/real/' in str(p) else f'gan-{i % 2}'}\n")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(tiny_split_dataset),
-                                       "--data", str(other), "--output-dir", str(tmp_path / "ev"),
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(untrained_detector),
+                                       "--data", str(tiny_split_dataset), "--data", str(other),
+                                       "--output-dir", str(tmp_path / "ev"),
                                        "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     table = result.output.split("Cross-dataset")[1].splitlines()
@@ -241,6 +234,6 @@ def test_evaluate_cli_on_several_datasets_prints_one_table_and_logs_one_run(dete
     csv_rows = list(csv.DictReader((tmp_path / "ev" / "cross_dataset.csv").open()))
     assert len(csv_rows) == 5 and csv_rows[1]["n"] == "40"
     # --robustness is for one dataset: one line, exit 2.
-    bad = CliRunner().invoke(main, ["evaluate", "--model", str(detector_dir), "--data", str(other), "--data",
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(untrained_detector), "--data", str(other), "--data",
                                     str(other), "--robustness", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "--robustness takes one --data" in bad.output
