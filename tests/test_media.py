@@ -14,10 +14,10 @@ from deepfake import config as C
 from deepfake import data as D
 from deepfake import evaluation as E
 from deepfake import leakage
-from deepfake import model as M
-from deepfake.inference import ModelMeta, Predictor, save_detector
+from deepfake.inference import Predictor
 from deepfake.media import encode_png, expand_files, pictures_of
 from deepfake.video import write_video
+from tests.helpers import TINY_ARGS, copy_detector
 
 FRAMES = 4
 
@@ -141,21 +141,13 @@ def test_leakage_check_names_videos_and_dedupe_removes_every_frame(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
-    """Two tiny untrained detectors (32 px): one on whole frames, one on face crops."""
-    import keras
-
-    keras.utils.set_random_seed(0)
+def detector(untrained_detector, tmp_path_factory):
+    """The untrained tiny detector (32 px) twice, at threshold 0.1: one on whole frames, one on face crops."""
     # a random ResNet50 (a random EfficientNet-Lite answers 0.5 to everything: tests must see differences)
-    cfg = C.resolve(set_args=["data.image_size=32", "model.weights=none", "model.head_units=[8]"])
-    model = M.build_model(cfg)
-    video = C.VideoConfig(frames=FRAMES)
-    folders = {}
-    for name, faces in (("frames", C.FaceConfig()), ("faces", C.FaceConfig(enabled=True))):
-        folders[name] = tmp_path_factory.mktemp(name)
-        meta = ModelMeta(threshold=0.1, image_size=32, faces=asdict(faces), video=asdict(video))
-        save_detector(model, meta, folders[name])
-    return folders
+    video = asdict(C.VideoConfig(frames=FRAMES))
+    return {name: copy_detector(untrained_detector, tmp_path_factory.mktemp(name), threshold=0.1, faces=asdict(faces),
+                                video=video)
+            for name, faces in (("frames", C.FaceConfig()), ("faces", C.FaceConfig(enabled=True)))}
 
 
 def test_a_video_is_one_row_scored_from_its_frames_as_in_training(tmp_path, detector):
@@ -263,8 +255,8 @@ def test_demo_videos_train_on_faces_then_predict_evaluate_sample_and_serve(tmp_p
     assert made.exit_code == 0, made.output
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     trained = runner.invoke(main, [
-        "train", "--data", "videos", "--faces", "--frames", "3", "--image-size", "32", "--weights", "none",
-        "--epochs", "2", "--fine-tune-epochs", "0", "--set", "model.head_units=[8]", "--tracking-uri", uri,
+        "train", "--data", "videos", "--faces", "--frames", "3", *TINY_ARGS,
+        "--set", "train.feature_cache=true", "--epochs", "2", "--fine-tune-epochs", "0", "--tracking-uri", uri,
         "--output-dir", "out"])
     assert trained.exit_code == 0, trained.output
     assert "face crops" in trained.output and "per video" in trained.output
