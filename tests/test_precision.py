@@ -10,6 +10,7 @@ from deepfake import config as C  # noqa: E402
 from deepfake import model as M  # noqa: E402
 from deepfake import precision as P  # noqa: E402
 from deepfake.precision import Device  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
 
 SIZE = 32
 EPYC = "model name\t: AMD EPYC 9B14\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -82,8 +83,7 @@ def test_this_machine_is_described():
 
 def bf16_and_float32_twins(backbone):
     """The same detector (same weights) built under mixed_bfloat16 and under float32."""
-    cfg = C.resolve(set_args=[f"data.image_size={SIZE}", f"model.backbone={backbone}", "model.weights=none",
-                              "model.head_units=[16]"])
+    cfg = tiny_config(f"model.backbone={backbone}", "model.head_units=[16]")
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -137,7 +137,8 @@ def test_mixed_bfloat16_keeps_float32_islands(backbone, tmp_path):
     loaded = M.load_keras_model(tmp_path / "mixed.keras")
     assert M.feature_extractor(loaded)(x).dtype == "float32"
     np.testing.assert_allclose(stem_output(loaded)(x), stem_mixed, rtol=1e-6, atol=1e-6)
-    cfg = C.resolve(set_args=[f"data.image_size={SIZE}", f"model.backbone={backbone}", "model.head_units=[16]"])
+    # (the float32 copy is built without weights even where the configuration names some)
+    cfg = tiny_config(f"model.backbone={backbone}", "model.head_units=[16]", "model.weights=auto")
     copy = M.as_float32(mixed, cfg)
     assert {layer.dtype_policy.name for layer in M.backbone_of(copy).layers} == {"float32"}
     np.testing.assert_allclose(keras.ops.convert_to_numpy(copy(x)), keras.ops.convert_to_numpy(full(x)), atol=1e-6)
