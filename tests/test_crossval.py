@@ -13,6 +13,7 @@ from deepfake import crossval as CV
 from deepfake import data as D
 from deepfake import evaluation as E
 from deepfake.cli import main
+from tests.helpers import TINY_ARGS
 
 
 @pytest.fixture()
@@ -55,10 +56,9 @@ def test_crossval_command_runs_a_nested_run_per_source_and_prints_the_table(sour
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = CliRunner().invoke(main, [
-        "crossval", "--data", str(sourced), "--by", "source", "--backbone", "efficientnet_lite0", "--weights",
-        "none", "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "0", "--batch-size", "8",
-        "--tracking-uri", uri, "--experiment", "cv", "--output-dir", str(tmp_path / "out"),
-        "--set", "model.head_units=[8]", "--set", "tracking.log_model=false"])
+        "crossval", "--data", str(sourced), "--by", "source", "--backbone", "efficientnet_lite0", *TINY_ARGS,
+        "--set", "train.feature_cache=true", "--epochs", "1", "--fine-tune-epochs", "0", "--tracking-uri", uri,
+        "--experiment", "cv", "--output-dir", str(tmp_path / "out"), "--set", "tracking.log_model=false"])
     assert result.exit_code == 0, result.output
     table = result.output.split("Leave-one-source-out (")[1].splitlines()[1:]
     assert table[0].split() == CV.COLUMNS
