@@ -8,6 +8,8 @@ import uuid
 import psycopg
 import pytest
 
+from tests.helpers import TINY_ARGS
+
 PG = "postgresql://postgres@127.0.0.1:5432"
 
 
@@ -49,8 +51,8 @@ def test_two_workers_share_one_study(databases, tiny_split_dataset, tmp_path):
                      "pruner: {type: none}\n")
     args = ["tune", "--data", str(tiny_split_dataset), "--study-name", "shared", "--storage", storage,
             "--n-trials", "4", "--search-space", str(space), "--tracking-uri", tracking_uri, "--experiment", "dist",
-            "--image-size", "32", "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "0",
-            "--batch-size", "8", "--no-register", "--set", "model.head_units=[8]", "--set", "tracking.log_model=false"]
+            *TINY_ARGS, "--set", "train.feature_cache=true", "--epochs", "1", "--fine-tune-epochs", "0",
+            "--no-register", "--set", "tracking.log_model=false"]
     # Initialise the MLflow schema once, so two fresh workers do not race to create it.
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("dist")
