@@ -15,6 +15,7 @@ from deepfake.config import AugmentConfig, DataConfig
 from deepfake.data import Split
 from deepfake.errors import DeepfakeError
 from deepfake.inference import META_FILE, ModelMeta, Predictor, save_detector
+from tests.helpers import tiny_config
 
 SIZE = 32
 H, W = 96, 80
@@ -176,7 +177,7 @@ def test_saved_crop_model_predicts_like_the_pipelines_evaluation(pictures, tmp_p
     from deepfake import pipeline
 
     split, _ = pictures
-    cfg = C.resolve(set_args=[f"data.image_size={SIZE}", "data.batch_size=4", "data.fit=crop", "data.test_crops=2"])
+    cfg = tiny_config("data.batch_size=4", "data.fit=crop", "data.test_crops=2")  # SIZE px
     model = tiny_model()
     temperature = 1.5
     evaluated = pipeline.evaluate_split(model, split, cfg, tmp_path / "eval", 0.5, "test", temperature)
