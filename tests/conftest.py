@@ -9,10 +9,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import copy_detector, tiny_config
+from tests.helpers import SEARCH_SPACE, copy_detector, tiny_config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_MLFLOW_ENV = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
@@ -26,6 +27,19 @@ def tiny_split_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_split")
     make_demo_dataset(root, per_class=12, size=32, seed=7)
     return root
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, tiny_split_dataset):
+    """Where a tuning test's studies run (:func:`tests.helpers.tune_args`): ``tmp``, this test's folder and working
+    directory; ``uri`` and ``storage``, SQLite MLflow and Optuna databases there; ``data``, the tiny split dataset;
+    ``space``, a search space file (:data:`tests.helpers.SEARCH_SPACE`, random sampler)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = tmp_path / "search_space.yaml"
+    space.write_text(SEARCH_SPACE % "random")
+    return SimpleNamespace(tmp=tmp_path, uri=f"sqlite:///{tmp_path}/mlflow.db", storage=f"sqlite:///{tmp_path}/optuna.db",
+                           data=str(tiny_split_dataset), space=space)
 
 
 @pytest.fixture()

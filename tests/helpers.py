@@ -43,3 +43,25 @@ def copy_detector(source: Path, folder: Path, **meta: object) -> Path:
     shutil.copytree(source, folder, dirs_exist_ok=True)
     ModelMeta(**{**vars(ModelMeta.load(Path(source) / META_FILE)), **meta}).save(folder / META_FILE)
     return folder
+
+
+# The MLflow experiment of the tuning tests' studies (:func:`tune_args`).
+TUNE_EXPERIMENT = "tune-test"
+# A small search space for tuning tests, ``SEARCH_SPACE % sampler``: dropout and learning rate, no pruner.
+SEARCH_SPACE = ("params:\n"
+                "  model.dropout: {type: float, low: 0.0, high: 0.5}\n"
+                "  train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                "sampler: {type: %s}\n"
+                "pruner: {type: none}\n")
+
+
+def tune_args(env, study: str, n: int, *extra: str, space: object = None, storage: str | None = None,
+              uri: str | None = None, register: bool = False) -> list[str]:
+    """``deepfake tune`` arguments for ``n`` trials of ``study`` in the ``env`` fixture (its dataset, Optuna storage,
+    MLflow store and search space; or the ``space``, ``storage`` and ``uri`` given), in the experiment
+    :data:`TUNE_EXPERIMENT`, outputs under ``env.tmp / "out"``, registering the best trial's model only with
+    ``register``; then ``extra``."""
+    return ["tune", "--data", env.data, "--study-name", study, "--storage", storage or env.storage,
+            "--n-trials", str(n), "--search-space", str(space or env.space), "--tracking-uri", uri or env.uri,
+            "--experiment", TUNE_EXPERIMENT, "--output-dir", str(env.tmp / "out"),
+            *(() if register else ("--no-register",)), *extra]

@@ -24,34 +24,14 @@ from deepfake import registry, tracking, tuning
 from deepfake.cli import main
 from deepfake.errors import DeepfakeError
 from tests import fake_trials
+from tests.helpers import SEARCH_SPACE, TUNE_EXPERIMENT, tune_args
 from tests.netproxy import Proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = [sys.executable, "-c", "from tests.fake_trials import main; main()"]
-SPACE = ("params:\n"
-         "  model.dropout: {type: float, low: 0.0, high: 0.5}\n"
-         "  train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
-         "sampler: {type: %s}\n"
-         "pruner: {type: none}\n")
 RUNNING = optuna.trial.TrialState.RUNNING
 FAIL = optuna.trial.TrialState.FAIL
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch, tiny_split_dataset):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE % "random")
-    return SimpleNamespace(tmp=tmp_path, uri=f"sqlite:///{tmp_path}/mlflow.db", storage=f"sqlite:///{tmp_path}/optuna.db",
-                           data=str(tiny_split_dataset), space=space)
-
-
-def tune_args(env, study, n, *extra, storage=None, uri=None):
-    return ["tune", "--data", env.data, "--study-name", study, "--storage", storage or env.storage,
-            "--n-trials", str(n), "--search-space", str(env.space), "--tracking-uri", uri or env.uri,
-            "--experiment", "rel", "--no-register", "--output-dir", str(env.tmp / "out"), *extra]
 
 
 def start_worker(args, **environment):
@@ -89,7 +69,7 @@ def wait_for_trial(storage, study, reported=1, timeout=120):
 def trial_runs(uri, study):
     """The MLflow runs of a study's trials by trial number, and all runs of the experiment."""
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["rel"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=[TUNE_EXPERIMENT], output_format="list")
     return {int(r.data.tags["optuna.trial_number"]): r for r in runs
             if r.data.tags.get("optuna.study_name") == study and "optuna.trial_number" in r.data.tags}, runs
 
@@ -106,7 +86,7 @@ def drawn_params(study):
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_restarted_worker_draws_new_parameters(env, monkeypatch, sampler):
     fake_trials.install(monkeypatch)
-    env.space.write_text(SPACE % sampler)
+    env.space.write_text(SEARCH_SPACE % sampler)
     for n in (2, 4):  # the second command is a restart that continues the study
         result = CliRunner().invoke(main, tune_args(env, "restart", n))
         assert result.exit_code == 0, result.output
@@ -151,9 +131,9 @@ def test_a_waiting_trial_is_claimed_by_one_sqlite_worker_only(tmp_path):
 @pytest.mark.slow
 def test_two_workers_and_a_restarted_one_never_repeat_parameters(env):
     """Two workers started together on one study, then a third after they stopped: no parameter set twice."""
-    env.space.write_text(SPACE % "tpe")
+    env.space.write_text(SEARCH_SPACE % "tpe")
     mlflow.set_tracking_uri(env.uri)  # create both schemas once, so that the workers do not race to
-    mlflow.set_experiment("rel")
+    mlflow.set_experiment(TUNE_EXPERIMENT)
     tuning.make_storage(env.storage)
     workers = [start_worker(tune_args(env, "pair", 4), FAKE_EPOCH_SECONDS="0.2") for _ in range(2)]
     for proc in workers:
