@@ -151,7 +151,8 @@ def test_only_tracking_talks_to_mlflow_and_only_tuning_to_optuna():
     mlflow = _third_party_importers("mlflow")
     assert "deepfake.pyfunc_model" in mlflow, mlflow
     assert all(_within(m, "deepfake.tracking") for m in mlflow - {"deepfake.pyfunc_model"}), mlflow
-    assert _third_party_importers("optuna") | _third_party_importers("optuna_integration") == {"deepfake.tuning"}
+    optuna = _third_party_importers("optuna") | _third_party_importers("optuna_integration")
+    assert optuna and all(_within(m, "deepfake.tuning") for m in optuna), optuna
 
 
 def test_nothing_imports_the_models_from_code_file():

@@ -13,12 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from deepfake import config as C
-from deepfake import tuning
+from deepfake import pipeline, tracking, tuning
 from deepfake.cli import main
 from deepfake.errors import DeepfakeError
+from tests import fake_trials
+from tests.helpers import TINY_ARGS, TUNE_EXPERIMENT, tune_args
 
-TINY = ["--image-size", "32", "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "1",
-        "--fine-tune-stages", "1", "--batch-size", "8", "--set", "model.head_units=[8]"]
+# A trial: the tiny model, one head epoch (from the feature cache) and one fine-tuning epoch of one stage.
+TRIAL = (*TINY_ARGS, "--set", "train.feature_cache=true", "--epochs", "1", "--fine-tune-epochs", "1",
+         "--fine-tune-stages", "1")
 
 
 @pytest.fixture()
@@ -33,19 +36,6 @@ def space(tmp_path):
         "pruner: {type: none}\n"
     )
     return path
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch, tiny_split_dataset):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return {"uri": f"sqlite:///{tmp_path}/mlflow.db", "storage": f"sqlite:///{tmp_path}/optuna.db",
-            "data": str(tiny_split_dataset)}
-
-
-def tune_args(env, space, study="s", n=2, *extra):
-    return ["tune", "--data", env["data"], "--study-name", study, "--storage", env["storage"], "--n-trials", str(n),
-            "--search-space", str(space), "--tracking-uri", env["uri"], "--experiment", "tune-test", *TINY, *extra]
 
 
 # ----------------------------------------------------------------------------- search space
@@ -154,16 +144,80 @@ def test_bad_storage_urls(url, fragment):
         tuning.make_storage(url)
 
 
+# ----------------------------------------------------------------------------- the objective
+
+
+@pytest.fixture()
+def objective_for(tmp_path, space, monkeypatch):
+    """``make(optimise)``: the objective of study "obj" over ``space``, its trials fake (:mod:`tests.fake_trials`:
+    a real nested MLflow run, no training) under a parent run in a fresh MLflow database."""
+    fake_trials.install(monkeypatch)
+    tracking.setup(C.TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="objective"))
+    parent = tracking.create_run("study-obj")
+    cfg = C.resolve(set_args=[f"train.output_dir={tmp_path / 'out'}"])
+
+    def make(optimise="primary"):
+        return tuning.Objective(cfg, tuning.load_search_space(space), study_name="obj", parent_run_id=parent,
+                                dataset=None, optimise=optimise, also=None if optimise == "primary" else "pictures",
+                                echo=[].append)
+
+    return make
+
+
+@pytest.mark.parametrize("optimise", ["primary", "both"])
+def test_the_objective_trains_a_trial_as_a_nested_run_and_returns_its_scores(objective_for, optimise, tmp_path):
+    objective = objective_for(optimise)
+    directions = tuning.study_directions("val_auc", optimise, also_data=optimise != "primary")
+    study = optuna.create_study(directions=directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    values = objective(trial)
+    dropout = trial.params["model.dropout"]
+    score = 1.0 - abs(dropout - 0.25)  # the fake trial's validation ROC-AUC; 0.5 + dropout on the --also-data set
+    assert values == pytest.approx(score if optimise == "primary" else (score, 0.5 + dropout))
+    assert objective.current == {"trial": trial.number}  # for the outage reports
+    assert trial.user_attrs["test_roc_auc"] == pytest.approx(score)
+    assert (tuning.ALSO_ATTR in trial.user_attrs) == (optimise == "both")
+    run = mlflow.get_run(trial.user_attrs[tuning.RUN_ATTR])
+    assert run.data.tags["mlflow.parentRunId"] == objective.parent_run_id
+    assert run.data.tags["mlflow.runName"] == "trial-0000" and run.data.tags["state"] == "COMPLETE"
+    assert run.data.tags["optuna.study_name"] == "obj" and run.data.tags["optuna.trial_number"] == "0"
+    study.tell(trial, values)
+    # Each trial trains the study's configuration with its own parameters, in its own folder.
+    trial_cfg = objective.trial_config(7, {"model.dropout": 0.125, "model.head_units": 8})
+    assert trial_cfg.model.dropout == 0.125 and trial_cfg.model.head_units == [8]
+    assert trial_cfg.train.output_dir == str(tmp_path / "out" / "obj" / "trial_0007")
+
+
+def test_the_objective_fails_a_trial_in_one_line_when_the_tracking_store_is_down(objective_for, monkeypatch):
+    import requests
+
+    def unreachable(*args, **kwargs):
+        try:
+            raise requests.exceptions.ConnectionError("Connection refused")
+        except requests.exceptions.ConnectionError:
+            raise RuntimeError("API request to http://x/api failed")  # noqa: B904 - how MLflow wraps it
+
+    monkeypatch.setattr(pipeline, "run", unreachable)
+    objective = objective_for()
+    trial = optuna.create_study(direction="maximize").ask()
+    with pytest.raises(tuning.TrackingUnreachable, match="cannot be reached"):
+        objective(trial)
+    assert trial.user_attrs[tuning.FAILURE_ATTR].startswith("trial 0 failed: --tracking-uri")
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: 1 / 0)  # any other error is the trial's own
+    with pytest.raises(ZeroDivisionError):
+        objective(optuna.create_study().ask())
+
+
 # ----------------------------------------------------------------------------- studies
 
 
 @pytest.mark.slow
 def test_study_nested_runs_registry_and_resume(env, space):
-    result = CliRunner().invoke(main, tune_args(env, space, "s", 2))
+    result = CliRunner().invoke(main, tune_args(env, "s", 2, *TRIAL, space=space, register=True))
     assert result.exit_code == 0, result.output
     assert "promoted to @champion" in result.output
-    mlflow.set_tracking_uri(env["uri"])
-    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    mlflow.set_tracking_uri(env.uri)
+    runs = mlflow.search_runs(experiment_names=[TUNE_EXPERIMENT], output_format="list")
     parents = [r for r in runs if r.data.tags.get("deepfake.role") == "study"]
     trials = [r for r in runs if "optuna.trial_number" in r.data.tags]
     assert len(parents) == 1 and len(trials) == 2
@@ -171,7 +225,7 @@ def test_study_nested_runs_registry_and_resume(env, space):
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
     assert all(r.data.tags["state"] == "COMPLETE" for r in trials)
     assert all("val_auc" in r.data.metrics and "model.dropout" in r.data.params for r in trials)
-    # The new study's first trial is the configuration's own values (TINY: dropout 0.3, head_units [8]).
+    # The new study's first trial is the configuration's own values (the tiny one: dropout 0.3, head_units [8]).
     first = next(r for r in trials if r.data.tags["optuna.trial_number"] == "0")
     second = trials[1 - trials.index(first)]
     assert first.data.tags["optuna.baseline"] == "true" and "optuna.baseline" not in second.data.tags
@@ -188,34 +242,34 @@ def test_study_nested_runs_registry_and_resume(env, space):
     model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
     import pandas as pd
 
-    images = sorted(str(p) for p in (Path(env["data"]) / "test").rglob("*.jpg"))
+    images = sorted(str(p) for p in (Path(env.data) / "test").rglob("*.jpg"))
     out = model.predict(pd.DataFrame({"image": images}))
     assert list(out.columns)[:3] == ["fake_probability", "label", "error"] and len(out) == len(images)
 
     # Running the same command again resumes: the target is met, nothing is added or lost, and the best
     # trial's run keeps its one registered version.
-    again = CliRunner().invoke(main, tune_args(env, space, "s", 2))
+    again = CliRunner().invoke(main, tune_args(env, "s", 2, *TRIAL, space=space, register=True))
     assert again.exit_code == 0, again.output
     assert "already registered for this run" in again.output
     assert [str(v.version) for v in client.search_model_versions("name = 'deepfake-detector'")] == ["1"]
-    study = optuna.load_study(study_name="s", storage=env["storage"])
+    study = optuna.load_study(study_name="s", storage=env.storage)
     assert [t.number for t in study.trials] == [0, 1]
     # A larger target continues the same study under the same parent run.
-    more = CliRunner().invoke(main, tune_args(env, space, "s", 3, "--no-register"))
+    more = CliRunner().invoke(main, tune_args(env, "s", 3, *TRIAL, space=space))
     assert more.exit_code == 0, more.output
-    study = optuna.load_study(study_name="s", storage=env["storage"])
+    study = optuna.load_study(study_name="s", storage=env.storage)
     assert [t.number for t in study.trials] == [0, 1, 2]
-    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=[TUNE_EXPERIMENT], output_format="list")
     assert len([r for r in runs if r.data.tags.get("deepfake.role") == "study"]) == 1
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 3
 
 
 @pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried(env, space, tmp_path):
-    args = tune_args(env, space, "k", 2, "--heartbeat", "1", "--no-register")
+    args = tune_args(env, "k", 2, *TRIAL, "--heartbeat", "1", space=space)
     proc = subprocess.Popen([sys.executable, "-c", "from deepfake.cli import main; main()", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    storage = tuning.make_storage(env["storage"], heartbeat_interval=1)
+    storage = tuning.make_storage(env.storage, heartbeat_interval=1)
     deadline = time.time() + 300
     running = []
     while time.time() < deadline:
@@ -233,9 +287,9 @@ def test_killed_worker_trial_is_failed_and_retried(env, space, tmp_path):
     proc.wait()
     killed = running[0].number
     time.sleep(3)  # > grace period (2 x heartbeat): the trial is now stale
-    result = CliRunner().invoke(main, tune_args(env, space, "k", 2, "--heartbeat", "1", "--no-register"))
+    result = CliRunner().invoke(main, tune_args(env, "k", 2, *TRIAL, "--heartbeat", "1", space=space))
     assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="k", storage=env["storage"])
+    study = optuna.load_study(study_name="k", storage=env.storage)
     states = {t.number: t.state for t in study.trials}
     assert states[killed] == optuna.trial.TrialState.FAIL
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -245,8 +299,8 @@ def test_killed_worker_trial_is_failed_and_retried(env, space, tmp_path):
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     # The killed trial's MLflow run was ended as FAILED with the reason; no run is left RUNNING.
-    mlflow.set_tracking_uri(env["uri"])
-    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    mlflow.set_tracking_uri(env.uri)
+    runs = mlflow.search_runs(experiment_names=[TUNE_EXPERIMENT], output_format="list")
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
     killed_runs = [r for r in runs if r.data.tags.get("optuna.trial_number") == str(killed)]
     assert all(r.info.status == "FAILED" and "heartbeat" in r.data.tags["error"] for r in killed_runs)
@@ -261,7 +315,7 @@ def test_killed_worker_trial_is_failed_and_retried(env, space, tmp_path):
     (["--storage", "postgresql://postgres@127.0.0.1:9/x"], "cannot open the Optuna storage"),
 ])
 def test_tune_bad_input_is_one_line_exit_2(env, space, extra, fragment):
-    result = CliRunner().invoke(main, [*tune_args(env, space, "bad", 1), *extra])
+    result = CliRunner().invoke(main, [*tune_args(env, "bad", 1, *TRIAL, space=space, register=True), *extra])
     assert result.exit_code == 2, result.output
     assert fragment in result.output
     assert "Traceback" not in result.output
@@ -270,5 +324,5 @@ def test_tune_bad_input_is_one_line_exit_2(env, space, extra, fragment):
 def test_tune_unknown_search_space_key_exit_2(env, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  model.nope: {type: float, low: 0, high: 1}\n")
-    result = CliRunner().invoke(main, tune_args(env, bad, "bad", 1))
+    result = CliRunner().invoke(main, tune_args(env, "bad", 1, *TRIAL, space=bad, register=True))
     assert result.exit_code == 2 and "model.nope" in result.output
