@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -52,7 +52,7 @@ class _QuietOutage(logging.Filter):
 
 
 @contextlib.contextmanager
-def outages_reported(current: dict[str, Any], grace_period: int):
+def outages_reported(current: dict[str, Any], grace_period: int) -> Iterator[None]:
     """Turn an outage that outlasted the retries into one line (and exit code 2), after queueing a retry
     of the trial it failed."""
     quiet = _QuietOutage()
