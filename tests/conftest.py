@@ -108,8 +108,6 @@ def one_onnx_conversion(tmp_path_factory):
 @pytest.fixture()
 def tiny_unsplit_dataset(tmp_path):
     """An unsplit dataset (real/, fake/) of 32 px images, 20 per class."""
-    import shutil
-
     from deepfake.demo import make_demo_dataset
 
     src = tmp_path / "src"
