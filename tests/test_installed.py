@@ -139,3 +139,11 @@ def test_unknown_names_list_the_shipped_ones(elsewhere, args, message):
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.output
+
+
+def test_the_wheel_carries_the_face_mesh_model_and_its_notice(wheel):
+    """deepfake/assets/ is package data, not a package: the ONNX face mesh and its Apache-2.0 NOTICE ship."""
+    names = set(wheel.namelist())
+    for name in ("face_landmark.onnx", "NOTICE"):
+        path = f"deepfake/assets/{name}"
+        assert path in names and wheel.read(path) == (REPO / path).read_bytes(), path
