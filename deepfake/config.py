@@ -44,7 +44,12 @@ class SyntheticConfig:
 
     kind: str = "none"  # none | sbi (self-blended images) | resynth (down/upsampled) | both (either, per fake)
     fraction: float = 0.5  # probability that a real training image also gives a synthetic fake in an epoch
-    landmarks: bool = True  # sbi masks from MTCNN face keypoints (found once, cached) where found, else ellipses
+    # sbi masks from: mesh (the 468-point face mesh; per image MTCNN's keypoints where no mesh is found, then an
+    # ellipse) | keypoints (MTCNN's five, then an ellipse) | ellipse. Points are found once per image, cached.
+    mask: str = "mesh"
+
+
+SYNTHETIC_MASKS = ("mesh", "keypoints", "ellipse")  # data.synthetic_fakes.mask, best first
 
 
 @dataclass
@@ -377,6 +382,8 @@ def validate(cfg: Config) -> None:
     sf = d.synthetic_fakes
     if sf.kind not in ("none", "sbi", "resynth", "both"):
         bad("data.synthetic_fakes.kind", f"must be one of none, sbi, resynth, both, got {sf.kind!r}")
+    if sf.mask not in SYNTHETIC_MASKS:
+        bad("data.synthetic_fakes.mask", f"must be one of {', '.join(SYNTHETIC_MASKS)}, got {sf.mask!r}")
     if not 0 < sf.fraction <= 1:
         bad("data.synthetic_fakes.fraction", f"must be in (0, 1] (the share of real images that also give a fake), "
                                              f"got {sf.fraction}")

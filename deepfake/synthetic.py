@@ -2,17 +2,19 @@
 
 * :func:`self_blend`: self-blended images (SBI, Shiohara & Yamasaki, CVPR 2022). A copy of the image with its
   colours, sharpness and geometry slightly jittered (the source) is blended into the image itself (the target)
-  through a soft face-shaped mask: from the five MTCNN keypoints when known (their convex hull, extended down
-  to the chin and enlarged), else an ellipse about where a face crop holds the face. Outside the mask the fake
-  is the original, pixel for pixel: only the blending boundary and the inconsistency inside it tell them apart.
+  through a soft face-shaped mask (:mod:`deepfake.blend_masks`): from the 468-point face mesh when known, else
+  from the five MTCNN keypoints, else an ellipse about where a face crop holds the face. Outside the mask the
+  fake is the original, pixel for pixel: only the blending boundary and the inconsistency inside it tell them
+  apart.
 * :func:`resynthesise`: the image downscaled and upsampled again (nearest, bilinear, or a transposed
   convolution: zero insertion and a random kernel, the checkerboard trace of generator upsampling), optionally
   JPEG re-encoded: the same content with generator-like traces.
 
 :func:`make_fake` picks one by name. Every random choice comes from the ``numpy`` generator given, so one seed
 gives one fake. :mod:`deepfake.input_pipeline` makes the fakes on the fly during training (new ones every
-epoch, seeded), next to the real images they were made from; :func:`keypoints_for` finds the keypoints of the
-training images once (MTCNN) and caches them.
+epoch, seeded), next to the real images they were made from; :func:`training_keypoints` finds the face points
+of the real training images once (:func:`deepfake.face_mesh.meshes_for`, :func:`keypoints_for`: cached) as
+``data.synthetic_fakes.mask`` says, and :func:`mask_counts` counts the mask kinds they give.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deepfake import atomic
+from deepfake import atomic, blend_masks
+from deepfake.blend_masks import KEYPOINT_NAMES  # MTCNN's order (deepfake.faces); the input pipeline asks here
 from deepfake.errors import DeepfakeError
 
 if TYPE_CHECKING:
@@ -37,8 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KINDS = ("sbi", "resynth")  # what make_fake makes; the config also takes none and both
-KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # MTCNN's order (deepfake.faces)
-BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 KEYPOINTS_FILE = "synthetic_keypoints.json"
 KEYPOINTS_VERSION = 1  # bump when the cached keypoints change meaning
 DETECT_CHUNK = 64  # images decoded and given to the detector at a time
@@ -52,61 +53,39 @@ def _check(image: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image.dtype} {image.shape}")
 
 
-def _as_keypoints(keypoints: Any) -> np.ndarray | None:
-    """Keypoints as a float ``(5, 2)`` array of (x, y), or ``None`` when absent (``None``, NaN or negative)."""
-    if keypoints is None:
-        return None
-    if isinstance(keypoints, Mapping):
-        keypoints = [keypoints[name] for name in KEYPOINT_NAMES]
-    points = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
-    if points.shape[0] != len(KEYPOINT_NAMES) or not np.isfinite(points).all() or (points < 0).any():
-        return None
-    return points
-
-
-def _convex_hull(points: np.ndarray) -> np.ndarray:
-    """The convex hull of 2-D points, counter-clockwise (Andrew's monotone chain)."""
-    pts = sorted(map(tuple, np.asarray(points, dtype=np.float64)))
-    if len(pts) <= 2:
-        return np.asarray(pts)
-
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    lower: list = []
-    for p in pts:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    upper: list = []
-    for p in reversed(pts):
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return np.asarray(lower[:-1] + upper[:-1])
-
-
 # --------------------------------------------------------------------------- self-blended images
 
 
 def _source(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The blending source: ``image`` with jittered colours, sharpness and geometry (uint8, same shape)."""
+    """The blending source: ``image`` with jittered colours, sharpness and geometry (uint8, same shape), as SBI's
+    source transforms: contrast and brightness, a per-channel (RGB) shift, saturation and a small hue rotation;
+    sharpened, blurred, downscaled and upscaled again, or none of these; a small scale and shift."""
     from PIL import Image, ImageFilter
 
     h, w = image.shape[:2]
-    x = image.astype(np.float32)
-    # Colour: contrast about the mean, brightness, and a per-channel shift (a hue-ish change); never all zero.
-    mean = x.mean(axis=(0, 1), keepdims=True)
-    x = (x - mean) * rng.uniform(0.85, 1.15) + mean
-    x = x + rng.choice([-1, 1]) * rng.uniform(4, 20)
-    x = x + rng.choice([-1, 1], size=3) * rng.uniform(0, 12, size=3)
+    # Colour: contrast about the mean, brightness, and a per-channel shift (never all zero); then hue and saturation:
+    # a rotation about the grey axis (up to 8 degrees) and a change of the chroma's length. All linear: one
+    # 3x3 matrix and an offset, applied in one pass.
+    mean = image.reshape(-1, 3).mean(axis=0)
+    contrast = rng.uniform(0.85, 1.15)
+    offset = (1 - contrast) * mean + rng.choice([-1, 1]) * rng.uniform(4, 20)
+    offset = offset + rng.choice([-1, 1], size=3) * rng.uniform(0, 12, size=3)
+    angle, saturation = np.deg2rad(rng.uniform(-8, 8)), rng.uniform(0.8, 1.2)
+    grey = np.full((3, 3), 1 / 3)
+    cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3)
+    hue = grey + saturation * (np.cos(angle) * (np.eye(3) - grey) + np.sin(angle) * cross)  # Rodrigues, (1, 1, 1)
+    x = image.astype(np.float32) @ (contrast * hue).T.astype(np.float32) + (hue @ offset).astype(np.float32)
     src = Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
-    kind = rng.integers(3)  # sharpen, blur or neither
+    kind = rng.integers(4)  # sharpen, blur, downscale, or neither
     if kind == 0:
         src = src.filter(ImageFilter.UnsharpMask(radius=rng.uniform(1, 2), percent=int(rng.integers(50, 150)),
                                                  threshold=0))
     elif kind == 1:
         src = src.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    elif kind == 2:
+        factor = rng.uniform(0.5, 0.8)
+        small = src.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)
+        src = small.resize((w, h), Image.Resampling.BILINEAR)
     # Geometry: scale about the centre and translate; edges replicated so no border shows.
     scale = rng.uniform(0.95, 1.05)
     tx, ty = rng.uniform(-0.03, 0.03) * w, rng.uniform(-0.03, 0.03) * h
@@ -119,49 +98,19 @@ def _source(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(moved, dtype=np.uint8)
 
 
-def _mask(h: int, w: int, rng: np.random.Generator, keypoints: np.ndarray | None) -> np.ndarray:
-    """The soft blending mask, float32 ``(h, w)`` in [0, 1]."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    canvas = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
-    if keypoints is not None:
-        eyes, mouth = keypoints[:2], keypoints[3:]
-        drop = max(float(mouth[:, 1].mean() - eyes[:, 1].mean()), 0.05 * h) * rng.uniform(0.6, 1.0)
-        chin = mouth + np.array([0.0, drop])  # below the mouth corners, down to the chin
-        points = np.concatenate([keypoints, chin])
-        centre = points.mean(axis=0)
-        points = centre + (points - centre) * rng.uniform(1.3, 1.8)
-        hull = _convex_hull(points)
-        draw.polygon([tuple(p) for p in hull.tolist()], fill=255)
-    else:
-        cx, cy = w * (0.5 + rng.uniform(-0.03, 0.03)), h * (0.55 + rng.uniform(-0.03, 0.03))
-        ax, ay = w * rng.uniform(0.3, 0.4), h * rng.uniform(0.3, 0.4)
-        draw.ellipse([cx - ax, cy - ay, cx + ax, cy + ay], fill=255)
-    # An elastic-ish change of the outline: grown or shrunk a little.
-    change = rng.integers(3)
-    if change:
-        size = 3 if max(h, w) < 128 else 5
-        canvas = canvas.filter(ImageFilter.MaxFilter(size) if change == 1 else ImageFilter.MinFilter(size))
-    canvas = canvas.filter(ImageFilter.GaussianBlur(max(h, w) * rng.uniform(0.01, 0.05)))
-    mask = np.asarray(canvas, dtype=np.float32) / 255.0
-    if mask.max() > 0:
-        mask = np.clip(mask / mask.max(), 0.0, 1.0)  # a small polygon blurred flat still reaches 1 inside
-    return (mask * rng.choice(BLEND_RATIOS)).astype(np.float32)
-
-
 def self_blend(image: np.ndarray, rng: np.random.Generator,
-               keypoints: Mapping[str, Sequence[float]] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               points: Mapping[str, Sequence[float]] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A self-blended fake of the uint8 ``(H, W, 3)`` ``image``: ``(fake uint8, mask float32 (H, W) in [0, 1])``.
 
-    ``keypoints`` (MTCNN's five, a dict by name or a ``(5, 2)`` array of (x, y) in the image's pixels; NaN or
-    negative: none) shape the mask; without them it is an ellipse about where a face crop holds the face.
+    ``points`` (x, y in the image's pixels) shape the mask (:func:`deepfake.blend_masks.blend_mask`): the
+    ``(468, 2)`` face mesh; MTCNN's five keypoints, a dict by name or a ``(5, 2)`` array (or the first rows of a
+    ``(468, 2)`` one, NaN below); none (``None``, NaN or -1): an ellipse about where a face crop holds the face.
     ``fake = mask * source + (1 - mask) * image``: where the mask is 0 the fake is ``image`` exactly.
     """
     _check(image)
     h, w = image.shape[:2]
     source = _source(image, rng)
-    mask = _mask(h, w, rng, _as_keypoints(keypoints))
+    mask = blend_masks.blend_mask(h, w, rng, points)
     m = mask[..., None]
     blended = m * source.astype(np.float32) + (1.0 - m) * image.astype(np.float32)
     fake = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -224,27 +173,28 @@ def resynthesise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_fake(image: np.ndarray, kind: str, rng: np.random.Generator,
-              keypoints: Mapping[str, Sequence[float]] | np.ndarray | None = None) -> np.ndarray:
+              points: Mapping[str, Sequence[float]] | np.ndarray | None = None) -> np.ndarray:
     """A fake of ``image`` (uint8 ``(H, W, 3)``): ``kind`` ``sbi`` (:func:`self_blend`) or ``resynth``
     (:func:`resynthesise`)."""
     if kind == "sbi":
-        return self_blend(image, rng, keypoints)[0]
+        return self_blend(image, rng, points)[0]
     if kind == "resynth":
         return resynthesise(image, rng)
     raise ValueError(f"unknown synthetic fake kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def fake_from_seed(image: np.ndarray, keypoints: np.ndarray, seed: np.ndarray, kind: bytes | str) -> np.ndarray:
-    """:func:`make_fake` for the input pipeline (``tf.numpy_function``): float32 pixels (0..255, any values) in,
-    float32 out. The fake is made on the rounded pixels and its change added to the original ones, so pixels
-    the fake leaves alone keep their exact value (no rounding trace for a detector to learn)."""
+def fake_from_seed(image: np.ndarray, points: np.ndarray, seed: np.ndarray, kind: bytes | str) -> np.ndarray:
+    """:func:`make_fake` for the input pipeline (``tf.numpy_function``): float32 pixels (0..255, any values) and
+    the image's face points (a row of :func:`training_keypoints`) in, float32 out. The fake is made on the rounded
+    pixels and its change added to the original ones, so pixels the fake leaves alone keep their exact value (no
+    rounding trace for a detector to learn)."""
     kind = kind.decode() if isinstance(kind, bytes) else str(kind)
     rng = np.random.default_rng([int(s) & 0xFFFFFFFFFFFFFFFF for s in np.asarray(seed).ravel()])
     if kind == "both":
         kind = KINDS[int(rng.integers(2))]
     image = np.asarray(image, dtype=np.float32)
     rounded = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    fake = make_fake(rounded, kind, rng, keypoints)
+    fake = make_fake(rounded, kind, rng, points)
     return np.clip(image + (fake.astype(np.float32) - rounded.astype(np.float32)), 0, 255).astype(np.float32)
 
 
@@ -332,19 +282,45 @@ def keypoints_for(paths: Sequence[str], cfg: DataConfig, cache_dir: str | os.Pat
 
 
 def training_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataConfig) -> np.ndarray:
-    """Keypoints for the input pipeline: found for the real images when ``cfg.synthetic_fakes`` blends
-    (sbi, both) with ``landmarks`` on, -1 (none: ellipse masks) otherwise or when MTCNN is not installed."""
-    out = np.full((len(paths), len(KEYPOINT_NAMES), 2), -1.0, dtype=np.float32)
+    """The face points of each image for the input pipeline's self-blended fakes: float32 ``(n, 468, 2)``, in pixels
+    of the decoded ``cfg.image_size`` square, one row per image as :func:`deepfake.blend_masks.pack` lays it out
+    (the mesh; or the five keypoints, NaN below; or NaN: an ellipse).
+
+    Found for the real images only, and only when ``cfg.synthetic_fakes`` blends (sbi, both), as its ``mask``
+    says: ``mesh`` (:func:`deepfake.face_mesh.meshes_for`; MTCNN's keypoints for the images without a mesh, then
+    ellipses), ``keypoints`` (:func:`keypoints_for`, then ellipses) or ``ellipse``. Without MTCNN installed the
+    keypoints are skipped with a warning. The mask kinds the reals get are logged (:func:`mask_counts`).
+    """
+    from deepfake import face_mesh
+
+    out = np.full((len(paths), face_mesh.POINTS, 2), np.nan, dtype=np.float32)
     s = cfg.synthetic_fakes
-    if s.kind not in ("sbi", "both") or not s.landmarks:
-        return out
     reals = [i for i, y in enumerate(labels) if int(y) == 0]
-    if not reals:
+    if s.kind not in ("sbi", "both") or not reals:
         return out
-    try:
-        found = keypoints_for([paths[i] for i in reals], cfg)
-    except DeepfakeError as exc:
-        log.warning("synthetic fakes: no face keypoints (%s); blending through ellipse masks", exc)
-        return out
-    out[reals] = found
+    todo = reals
+    if s.mask == "mesh":
+        out[reals] = face_mesh.meshes_for([paths[i] for i in reals], cfg.image_size, cfg.media_cache_dir)
+        todo = [i for i in reals if not np.isfinite(out[i]).all()]
+    if s.mask in ("mesh", "keypoints") and todo:
+        try:
+            found = keypoints_for([paths[i] for i in todo], cfg)
+        except DeepfakeError as exc:
+            log.warning("synthetic fakes: no face keypoints (%s); blending through ellipse masks", exc)
+        else:
+            for i, keypoints in zip(todo, found, strict=True):
+                if (keypoints >= 0).all():
+                    out[i] = blend_masks.pack(keypoints=keypoints)
+    counts = mask_counts(out, labels)
+    log.info("synthetic fakes: %s masks for the %d real training image(s) (data.synthetic_fakes.mask: %s)",
+             ", ".join(f"{kind} {n}" for kind, n in counts.items()), len(reals), s.mask)
     return out
+
+
+def mask_counts(points: np.ndarray, labels: Sequence[int] | None = None) -> dict[str, int]:
+    """How many images get each mask kind from :func:`training_keypoints`' array: ``{"mesh": n, "keypoints": n,
+    "ellipse": n}``; with ``labels``, the real images (label 0) only, the ones that give self-blended fakes."""
+    points = np.asarray(points)
+    if labels is not None:
+        points = points[np.asarray(labels, dtype=int) == 0]
+    return blend_masks.kind_counts(points)

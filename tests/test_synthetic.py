@@ -32,8 +32,8 @@ def write_faces(folder, n, seed=0, size=SIZE):
     return paths
 
 
-# The tiny configuration (SIZE px) with self-blended fakes, no face landmarks and no flips.
-SBI = ("data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.landmarks=false", "data.augment.flip=false")
+# The tiny configuration (SIZE px) with self-blended fakes, ellipse masks (no face points) and no flips.
+SBI = ("data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.mask=ellipse", "data.augment.flip=false")
 
 
 # ----------------------------------------------------------------------------- self-blended images
@@ -130,7 +130,7 @@ def test_fake_from_seed_keeps_untouched_float_pixels_exactly():
     ({"data.synthetic_fakes.kind": "gan"}, "data.synthetic_fakes.kind' must be one of none, sbi, resynth, both"),
     ({"data.synthetic_fakes.fraction": 0}, "data.synthetic_fakes.fraction' must be in (0, 1]"),
     ({"data.synthetic_fakes.fraction": 1.5}, "data.synthetic_fakes.fraction' must be in (0, 1]"),
-    ({"data.synthetic_fakes.landmarks": "maybe"}, "data.synthetic_fakes.landmarks' expects bool"),
+    ({"data.synthetic_fakes.mask": "dlib"}, "data.synthetic_fakes.mask' must be one of mesh, keypoints, ellipse"),
 ])
 def test_config_validation(sets, fragment):
     with pytest.raises(DeepfakeError) as err:
@@ -141,7 +141,7 @@ def test_config_validation(sets, fragment):
 def test_config_defaults_and_overrides():
     cfg = C.resolve()
     assert (cfg.data.synthetic_fakes.kind, cfg.data.synthetic_fakes.fraction) == ("none", 0.5)
-    assert cfg.data.synthetic_fakes.landmarks is True
+    assert cfg.data.synthetic_fakes.mask == "mesh"
     cfg = tiny_config(*SBI, "data.synthetic_fakes.kind=both", "data.synthetic_fakes.fraction=0.25")
     assert cfg.flat()["data.synthetic_fakes.kind"] == "both" and cfg.data.synthetic_fakes.fraction == 0.25
 
@@ -306,14 +306,19 @@ def test_keypoints_are_detected_once_and_cached(tmp_path, monkeypatch):
     os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     S.keypoints_for(paths, cfg)
     assert calls == [3, 1]
-    # the input pipeline asks only with kind sbi/both and landmarks on, and only for the reals
+    # the input pipeline asks only with kind sbi/both and mask keypoints (or mesh), and only for the reals
     calls.clear()
-    on = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache2'}", "data.synthetic_fakes.landmarks=true").data
+    on = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache2'}", "data.synthetic_fakes.mask=keypoints").data
     kp = S.training_keypoints(paths, [0, 1, 0], on)
-    assert calls == [2] and (kp[1] == -1).all() and (kp[0] != -1).all()
+    assert kp.shape == (3, 468, 2) and calls == [2]
+    assert np.isnan(kp[1]).all() and (kp[0, :5] >= 0).all() and np.isnan(kp[0, 5:]).all()
+    assert np.isnan(kp[2]).all()  # the detector (above) found no face in the second image it was given
+    assert S.mask_counts(kp, [0, 1, 0]) == {"mesh": 0, "keypoints": 1, "ellipse": 1}
     off = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache3'}", "data.synthetic_fakes.kind=resynth",
-                      "data.synthetic_fakes.landmarks=true").data
-    assert (S.training_keypoints(paths, [0, 0, 0], off) == -1).all() and calls == [2]
+                      "data.synthetic_fakes.mask=keypoints").data
+    assert np.isnan(S.training_keypoints(paths, [0, 0, 0], off)).all() and calls == [2]
+    ellipse = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache4'}").data
+    assert np.isnan(S.training_keypoints(paths, [0, 0, 0], ellipse)).all() and calls == [2]
 
 
 def test_pipeline_blends_through_the_keypoint_mask(tmp_path, monkeypatch):
@@ -323,7 +328,7 @@ def test_pipeline_blends_through_the_keypoint_mask(tmp_path, monkeypatch):
     paths = write_faces(tmp_path / "img", 8, size=SIZE)
     small = np.array([[4, 5], [14, 5], [9, 9], [5, 13], [13, 13]], dtype=float)  # top left: not the ellipse's place
     monkeypatch.setattr(faces, "detect_faces_batch", lambda images, cfg: [[fake_face(small)] for _ in images])
-    cfg = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache'}", "data.synthetic_fakes.landmarks=true",
+    cfg = tiny_config(*SBI, f"data.media_cache_dir={tmp_path / 'cache'}", "data.synthetic_fakes.mask=keypoints",
                       "data.synthetic_fakes.fraction=1")
     x, y = epoch(make_dataset(D.Split(paths, [0] * 8), cfg.data, training=True, seed=1))
     for i in np.flatnonzero(y == 1):
@@ -341,7 +346,7 @@ def test_a_real_only_dataset_trains_with_synthetic_fakes(real_only_dataset, tmp_
     from deepfake.input_pipeline import make_dataset
 
     cfg = tiny_cfg("model.backbone=efficientnet_lite0", "train.epochs=1", "train.fine_tune_epochs=0",
-                   "data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.landmarks=false", data=real_only_dataset)
+                   "data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.mask=ellipse", data=real_only_dataset)
     info = D.scan_dataset(cfg.data, seed=cfg.train.seed, check_images=False)
     train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
     val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
