@@ -83,6 +83,13 @@ class VideoConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # dataset root: split (train/val/test) or unsplit (class folders)
+    # Further datasets trained on together with ``path`` (``--data A --data B``): each split as it would be alone,
+    # their splits joined; the model sees every kind of fake they hold (deepfake/mixing.py).
+    extra_paths: list[str] = field(default_factory=list)
+    # Each dataset's share of every training epoch, in the order [path, *extra_paths] (``--mix 2,1``); empty: equal
+    # shares, so a small dataset is not drowned by a large one. An epoch holds as many images as the training splits
+    # together; a dataset whose share asks for more images than it has repeats some (and leaves some out otherwise).
+    mix: list[float] = field(default_factory=list)
     class_names: list[str] = field(default_factory=lambda: ["real", "fake"])  # index = label
     val_fraction: float = 0.15  # for unsplit datasets
     test_fraction: float = 0.15  # for unsplit datasets
@@ -107,6 +114,10 @@ class DataConfig:
     content_check_images: int = 300  # images per class the content check samples (seeded, from all splits)
     near_duplicate_distance: int = 4  # perceptual-hash Hamming distance counted as a near duplicate
     dedupe: bool = False  # remove duplicates from the later split (val/test)
+
+    def dataset_paths(self) -> list[str]:
+        """Every dataset trained on, in ``--data`` order: ``path`` then ``extra_paths``."""
+        return [p for p in (self.path, *self.extra_paths) if p]
 
 
 @dataclass
@@ -367,6 +378,12 @@ def validate(cfg: Config) -> None:
                                f"backbone's native size; got {d.image_size}")
     if d.batch_size < 1:
         bad("data.batch_size", "must be at least 1")
+    n_datasets = 1 + len(d.extra_paths)
+    if d.mix and len(d.mix) != n_datasets:
+        bad("data.mix", f"gives {len(d.mix)} share(s) for {n_datasets} dataset(s) (--data); give one per dataset, "
+                        "in --data order, e.g. --mix 2,1")
+    if d.mix and (any(w < 0 for w in d.mix) or sum(d.mix) <= 0):
+        bad("data.mix", f"must be shares of zero or more with a positive sum, got {d.mix}")
     if d.cache not in ("auto", "memory", "disk", "none"):
         bad("data.cache", "must be one of auto, memory, disk, none")
     if d.fit not in ("resize", "crop"):

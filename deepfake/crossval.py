@@ -25,6 +25,7 @@ from deepfake.config import Config
 from deepfake.errors import DeepfakeError
 
 COLUMNS = ["held_out", "n_fake", "n_real", "roc_auc", "average_precision", "accuracy", "in_domain_roc_auc"]
+DATASET = "dataset"  # --by dataset: leave one whole dataset (of several --data) out
 CSV_FILE = "crossval.csv"  # the table, a row per held-out source and their mean (COLUMNS)
 
 
@@ -55,10 +56,11 @@ def fold(info: D.DatasetInfo, sources: dict[str, str], held_out: str) -> D.Datas
     pieces = [test.subset([i for i, y in enumerate(test.labels) if y == 0]),
               *(split.subset(held(split)) for split in info.splits.values())]
     splits["test"] = D.Split([p for s in pieces for p in s.paths], [y for s in pieces for y in s.labels],
-                             [g for s in pieces for g in s.group_ids()] if test.groups else [])
+                             [g for s in pieces for g in s.group_ids()] if test.groups else [],
+                             [d for s in pieces for d in s.datasets] if test.datasets else [])
     return D.DatasetInfo(root=info.root, layout=info.layout, class_names=list(info.class_names), splits=splits,
                          notes=[*info.notes, f"leave-one-source-out: fakes of {held_out!r} held out of training"],
-                         synthetic_fraction=info.synthetic_fraction)
+                         synthetic_fraction=info.synthetic_fraction, shares=dict(info.shares))
 
 
 def in_domain_test(info: D.DatasetInfo, sources: dict[str, str], held_out: str) -> D.Split:
@@ -70,30 +72,33 @@ def in_domain_test(info: D.DatasetInfo, sources: dict[str, str], held_out: str) 
 
 def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
         only: Sequence[str] = (), echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Leave each fake source of ``cfg.data.path`` out in turn (``only``: just these); see the module's docstring."""
+    """Leave each fake source of ``cfg.data.path`` out in turn (``only``: just these); see the module's docstring.
+    ``by="dataset"``: leave each of several datasets (``--data A --data B``) out in turn, trained on the others and
+    tested on its test split (the cross-dataset protocol of the face-forgery literature)."""
     root = Path(cfg.data.path)
-    table_path = Path(metadata) if metadata else root / E.METADATA_FILE
-    if not table_path.is_file():
-        raise DeepfakeError(f"--metadata {table_path}: no such file; crossval needs a CSV with columns path,{by} "
-                            f"(give --metadata, or put {E.METADATA_FILE} in the dataset folder)")
-    info = pipeline.prepare_dataset(cfg, echo)
-    if "test" not in info.splits:
-        raise DeepfakeError(f"--data {root}: crossval needs a test split")
-    sources = source_of(info, E.read_metadata(table_path, root, column=by))
-    found = fake_sources(info, sources)
-    if len(found) < 2:
-        raise DeepfakeError(f"--by {by}: the fakes of {root} have {len(found)} {by}(s); leaving one out needs two")
-    held = found
-    if only:
-        missing = sorted(set(only) - set(found))
-        if missing:
-            raise DeepfakeError(f"--source {', '.join(missing)}: no fakes with that {by}; the dataset has "
-                                + ", ".join(found))
-        held = [s for s in found if s in only]
-    echo(f"Leave-one-{by}-out on {root}: {len(held)} folds ({', '.join(held)})")
+    if by == DATASET:
+        info, held, make_fold = _by_dataset(cfg, only, echo)
+    else:
+        table_path = Path(metadata) if metadata else root / E.METADATA_FILE
+        if not table_path.is_file():
+            raise DeepfakeError(f"--metadata {table_path}: no such file; crossval needs a CSV with columns path,{by} "
+                                f"(give --metadata, or put {E.METADATA_FILE} in the dataset folder)")
+        info = pipeline.prepare_dataset(cfg, echo)
+        if "test" not in info.splits:
+            raise DeepfakeError(f"--data {root}: crossval needs a test split")
+        sources = source_of(info, E.read_metadata(table_path, root, column=by))
+        found = fake_sources(info, sources)
+        if len(found) < 2:
+            raise DeepfakeError(f"--by {by}: the fakes of {root} have {len(found)} {by}(s); leaving one out needs two")
+        held = _chosen(found, only, by)
+
+        def make_fold(source: str) -> tuple[D.DatasetInfo, D.Split]:
+            return fold(info, sources, source), in_domain_test(info, sources, source)
+
+    echo(f"Leave-one-{by}-out on {info.root}: {len(held)} folds ({', '.join(held)})")
 
     out = Path(cfg.train.output_dir) / f"crossval-{by}"
-    name = f"crossval-{root.resolve().name}-by-{by}"
+    name = f"crossval-{'+'.join(info.parts) if info.parts else root.resolve().name}-by-{by}"
     with tracking.start_run(name, tags={"deepfake.role": "crossval", "crossval.by": by}) as parent:
         parent_id = parent.info.run_id
         tracking.log_config(cfg)
@@ -105,13 +110,14 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
         fcfg, slug = copy.deepcopy(cfg), MET.safe_name(source)
         fcfg.train.output_dir = str(out / slug)
         fcfg.data.leakage_check = fcfg.data.audit = False  # done once above, on the whole dataset
-        result = pipeline.run(fcfg, dataset=fold(info, sources, source), parent_run_id=parent_id,
+        fold_info, in_domain = make_fold(source)
+        result = pipeline.run(fcfg, dataset=fold_info, parent_run_id=parent_id,
                               run_name=f"without-{slug}", tags={"crossval.held_out": source}, echo=echo)
         test = result.dataset.splits["test"]
         m = result.test_metrics
         row = {"held_out": source, "n_fake": int(np.sum(test.labels)), "n_real": int(len(test) - np.sum(test.labels)),
                "roc_auc": m["roc_auc"], "average_precision": m["average_precision"], "accuracy": m["accuracy"],
-               "in_domain_roc_auc": _in_domain(result, in_domain_test(info, sources, source))}
+               "in_domain_roc_auc": _in_domain(result, in_domain)}
         rows.append(row)
         echo(f"[{source}] held out: ROC-AUC {row['roc_auc']:.4f}, AP {row['average_precision']:.4f}; "
              f"in domain {row['in_domain_roc_auc']:.4f}")
@@ -134,6 +140,33 @@ def run(cfg: Config, *, by: str = "source", metadata: str | Path | None = None,
     echo(f"\nLeave-one-{by}-out (each detector's threshold chosen on its validation split):\n{text}")
     echo(f"MLflow run {parent_id}")
     return {"rows": rows, "run_id": parent_id, "files": [str(table), str(plot)]}
+
+
+def _chosen(found: Sequence[str], only: Sequence[str], by: str) -> list[str]:
+    """The sources (or datasets) to hold out: all found, or those of ``only`` (each must be among them)."""
+    if not only:
+        return list(found)
+    missing = sorted(set(only) - set(found))
+    if missing:
+        raise DeepfakeError(f"--source {', '.join(missing)}: no fakes with that {by}; there are " + ", ".join(found))
+    return [s for s in found if s in only]
+
+
+def _by_dataset(cfg: Config, only: Sequence[str], echo: Callable[[str], None]):
+    """``--by dataset``: the joined datasets, the ones to hold out, and ``make_fold(name) -> (fold, in-domain
+    test split)`` (:func:`deepfake.mixing.leave_out`)."""
+    from deepfake import mixing
+
+    if len(cfg.data.dataset_paths()) < 2:
+        raise DeepfakeError("--by dataset: give two or more --data folders; each is held out of training in turn")
+    info = pipeline.prepare_dataset(cfg, echo)
+    held = _chosen(list(info.parts), only, DATASET)
+
+    def make_fold(name: str) -> tuple[D.DatasetInfo, D.Split]:
+        fold_info, _, in_domain = mixing.leave_out(info, name)
+        return fold_info, in_domain
+
+    return info, held, make_fold
 
 
 def _in_domain(result: pipeline.RunResult, split: D.Split) -> float:

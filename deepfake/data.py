@@ -51,6 +51,7 @@ class Split:
     paths: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)  # empty: every picture is its own source
+    datasets: list[str] = field(default_factory=list)  # the dataset of every picture (--data A --data B); empty: one
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -59,10 +60,22 @@ class Split:
         """The source file of every picture (a video's frames share one)."""
         return list(self.groups) if self.groups else list(self.paths)
 
+    def dataset_names(self) -> list[str]:
+        """The datasets this split's pictures come from, in order of first appearance (none for one dataset)."""
+        return list(dict.fromkeys(self.datasets))
+
+    def by_dataset(self) -> dict[str, list[int]]:
+        """The positions of each dataset's pictures (``{}`` for a split of one dataset)."""
+        out: dict[str, list[int]] = {}
+        for i, name in enumerate(self.datasets):
+            out.setdefault(name, []).append(i)
+        return out
+
     def subset(self, keep: Sequence[int]) -> Split:
         groups = self.group_ids()
         return Split([self.paths[i] for i in keep], [self.labels[i] for i in keep],
-                     [groups[i] for i in keep] if self.groups else [])
+                     [groups[i] for i in keep] if self.groups else [],
+                     [self.datasets[i] for i in keep] if self.datasets else [])
 
     def sources(self) -> tuple[list[str], list[int]]:
         """The distinct source files, in order, and their labels."""
@@ -87,6 +100,10 @@ class DatasetInfo:
     leaks: list = field(default_factory=list)  # deepfake.leakage.Leak, filled by the leakage check
     audit: object | None = None  # deepfake.audit.AuditResult, filled by the dataset audit
     synthetic_fraction: float = 0.0  # data.synthetic_fakes: each real training image also gives a fake this often
+    # Several datasets trained on at once (deepfake/mixing.py): each one's own scan (with its audit and duplicates),
+    # by name, and its share of every training epoch (data.mix); both empty for one dataset.
+    parts: dict[str, DatasetInfo] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         counts = {name: split.counts(self.class_names) for name, split in self.splits.items()}
@@ -115,7 +132,16 @@ class DatasetInfo:
         if "train" not in self.splits:
             return {}
         fraction = self.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
-        return balanced_class_weights(self.splits["train"].labels, len(self.class_names), fraction)
+        return balanced_class_weights(self.epoch_labels(), len(self.class_names), fraction)
+
+    def epoch_labels(self) -> list[int]:
+        """The labels of one training epoch: the training split's, or with several datasets those of the epoch
+        their shares make (:func:`epoch_counts`)."""
+        train = self.splits["train"]
+        if not self.shares or len(train.dataset_names()) < 2:
+            return list(train.labels)
+        counts = epoch_counts(train, self.shares)
+        return [label for (_, label), n in sorted(counts.items()) for _ in range(n)]
 
     def report(self) -> str:
         width = max(len(n) for n in self.class_names)
@@ -211,6 +237,27 @@ def balanced_class_weights(labels: Sequence[int], n_classes: int = 2, synthetic_
         return dict.fromkeys(range(n_classes), 1.0)
     total = counts.sum()
     return {int(c): float(total / (n_classes * n)) for c, n in enumerate(counts)}
+
+
+def epoch_counts(split: Split, shares: dict[str, float]) -> dict[tuple[str, int], int]:
+    """How many pictures of each (dataset, class) one training epoch holds when several datasets are mixed: the
+    epoch has ``len(split)`` pictures, each dataset ``share`` of them (shares normalised), split between its classes
+    as in the dataset. Rounded so that the total is exact (largest remainders)."""
+    groups = split.by_dataset()
+    total_share = sum(shares.get(name, 0.0) for name in groups)
+    if total_share <= 0:
+        raise DeepfakeError("data.mix: every dataset has a share of 0; give at least one a positive share")
+    exact: dict[tuple[str, int], float] = {}
+    for name, positions in groups.items():
+        labels = np.asarray([split.labels[i] for i in positions])
+        for label in sorted(set(labels.tolist())):
+            exact[(name, int(label))] = (len(split) * shares.get(name, 0.0) / total_share
+                                         * float(np.mean(labels == label)))
+    counts = {key: int(np.floor(v)) for key, v in exact.items()}
+    short = len(split) - sum(counts.values())
+    for key in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[:short]:
+        counts[key] += 1
+    return counts
 
 
 def _collect(folder: Path, class_names: Sequence[str], where: str,

@@ -109,17 +109,35 @@ class FeatureCache:
         tmp.replace(path)  # atomic: concurrent workers never read half a file
         return feats
 
+    def split_features(self, model: keras.Model, split: Split, fingerprint: str) -> np.ndarray:
+        """:meth:`get` for a split, dataset by dataset when it joins several (each dataset's features cached alone,
+        so a dataset's cache serves every mix it is trained in), in the split's order."""
+        groups = split.by_dataset()
+        if len(groups) < 2:
+            return self.get(model, split, fingerprint)
+        out: np.ndarray | None = None
+        for positions in groups.values():
+            feats = self.get(model, split.subset(positions), fingerprint)
+            if out is None:
+                out = np.empty((len(split), *feats.shape[1:]), dtype=feats.dtype)
+            out[np.asarray(positions)] = feats
+        assert out is not None
+        return out
+
     def provider(self, info: DatasetInfo) -> Callable[[keras.Model], tuple[np.ndarray, ...]]:
         """``features(model)`` for :func:`deepfake.training.train`: train and val features + labels."""
 
         def features(model):
             fingerprint = weights_fingerprint(model)
             train, val = info.splits["train"], info.splits["val"]
-            x_train = self.get(model, train, fingerprint)
-            x_val = self.get(model, val, fingerprint)
+            x_train = self.split_features(model, train, fingerprint)
+            x_val = self.split_features(model, val, fingerprint)
             log.info("feature cache %s: %d hit(s), %d miss(es)", self.directory, self.hits, self.misses)
-            return (x_train, np.asarray(train.labels, dtype="float32"),
-                    x_val, np.asarray(val.labels, dtype="float32"))
+            y_train = np.asarray(train.labels, dtype="float32")
+            if info.shares and len(train.dataset_names()) > 1:  # each dataset its share, as the pixels' epochs
+                keep = epoch_indices(train, info.shares, self.cfg.train.seed)
+                x_train, y_train = x_train[keep], y_train[keep]
+            return x_train, y_train, x_val, np.asarray(val.labels, dtype="float32")
 
         return features
 
@@ -157,6 +175,22 @@ class FeatureCache:
                   for name in splits}
         log.info("feature cache %s: %d hit(s), %d miss(es)", self.directory, self.hits, self.misses)
         return HeadFeatures(fingerprint, weights_info, arrays)
+
+
+def epoch_indices(split: Split, shares: dict[str, float], seed: int) -> np.ndarray:
+    """Positions in ``split`` that make one epoch of several datasets mixed by ``shares``
+    (:func:`deepfake.data.epoch_counts`): each (dataset, class) group's count drawn from it (seeded; without
+    repeats while the group is large enough), for training a head on cached features."""
+    from deepfake.data import epoch_counts
+
+    rng = np.random.default_rng(seed)
+    by_name = split.by_dataset()
+    chosen = []
+    for (name, label), n in sorted(epoch_counts(split, shares).items()):
+        group = np.asarray([i for i in by_name[name] if int(split.labels[i]) == label])
+        whole, rest = divmod(n, len(group))
+        chosen += [group] * whole + [rng.choice(group, rest, replace=False)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
 
 
 @dataclass

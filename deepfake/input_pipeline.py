@@ -9,7 +9,7 @@ flips, each with its own stateless seed, so a seeded training run repeats exactl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,15 +88,15 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.T
 # --------------------------------------------------------------------------- pipeline
 
 
-def _cache_mode(split: Split, cfg: DataConfig) -> str:
+def _cache_mode(split: Split, cfg: DataConfig, bytes_per_value: int = 4) -> str:
     if cfg.cache != "auto":
         return cfg.cache
-    nbytes = len(split) * _mean_pixels(split, cfg) * 3 * 4
+    nbytes = len(split) * _mean_pixels(split, cfg) * 3 * bytes_per_value
     return "memory" if nbytes < AUTO_CACHE_BYTES else "none"
 
 
 def _mean_pixels(split: Split, cfg: DataConfig, sample: int = 32) -> int:
-    """Pixels per decoded image the cache holds: ``S * S``; with ``data.fit: crop`` (full resolution) the mean over
+    """The mean number of pixels a decoded image of ``split`` has: ``S * S`` (``data.fit: resize``), else estimated on
     up to ``sample`` files spread over the split, read from their headers (at least ``S * S`` each)."""
     floor = cfg.image_size * cfg.image_size
     if cfg.fit != "crop" or not len(split):
@@ -118,13 +118,18 @@ def _mean_pixels(split: Split, cfg: DataConfig, sample: int = 32) -> int:
 
 
 def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
-                 cache_dir: str | Path | None = None, owners: bool = False) -> tf.data.Dataset:
+                 cache_dir: str | Path | None = None, owners: bool = False,
+                 mix: Mapping[str, float] | None = None) -> tf.data.Dataset:
     """A streaming ``tf.data`` pipeline of ``(images, labels)`` batches.
 
-    Files are read and decoded in parallel, resized, optionally cached (decoded, before
-    augmentation), shuffled and augmented (training only; seeded), batched and prefetched.
+    Files are read and decoded in parallel, resized, optionally cached (decoded, before augmentation; for training
+    as uint8, a quarter of the memory, rounded to the 0..255 integers the pixels were before resizing), shuffled and
+    augmented (training only; seeded), batched and prefetched.
     With ``data.synthetic_fakes`` (training only) real images are followed by synthetic fakes of them after the
     shuffle and before augmentation (:func:`_with_synthetic_fakes`).
+
+    A training split of several datasets (:attr:`deepfake.data.Split.datasets`) with their shares ``mix`` gives
+    every epoch each dataset's share of pictures (:func:`_mixed`).
 
     With ``data.fit: crop`` images are decoded (and cached) at their own resolution, then cut: in training one
     random ``S x S`` crop per image and epoch (stateless, seeded: a seeded run repeats), before the shuffle; else
@@ -135,35 +140,21 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
 
     autotune = tf.data.AUTOTUNE
     parallel = autotune if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
-    size = cfg.image_size
-    labels = np.asarray(split.labels, dtype="float32")
     synthetic = training and cfg.synthetic_fakes.kind != "none"
     # Face keypoints for self-blended fakes ride along with each image (data.fit: crop cuts anywhere: ellipses).
     keypoints = (synthetic_keypoints(split.paths, split.labels, cfg)
                  if synthetic and getattr(cfg, "fit", "resize") != "crop" else None)
-    slices = (list(split.paths), labels) if keypoints is None else (list(split.paths), labels, keypoints)
-    ds = tf.data.Dataset.from_tensor_slices(slices)
-
-    def load(path, label, *extra):
-        return (decode_image(tf.io.read_file(path), size, cfg.fit), label, *extra)
-
-    # Deterministic: evaluation matches labels by position, and seeded training must repeat exactly.
-    ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
-    mode = _cache_mode(split, cfg)
-    if mode == "memory":
-        ds = ds.cache()
-    elif mode == "disk":
-        folder = Path(cache_dir or ".cache/images")
-        folder.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha1("\n".join(split.paths).encode()
-                           + (b"" if keypoints is None else keypoints.tobytes())).hexdigest()[:16]
-        ds = ds.cache(str(folder / f"images_{size}{'_full' if cfg.fit == 'crop' else ''}_{key}"))
-    if cfg.fit == "crop":
-        ds = _crops(ds, cfg, training, seed, parallel, owners)
+    epoch_labels: Sequence[int] = split.labels
+    if training and mix and len(split.dataset_names()) > 1:
+        ds, epoch_labels = _mixed(split, cfg, seed, mix, keypoints, parallel, cache_dir)
+    else:
+        ds = _decoded(split, keypoints, cfg, training, seed, parallel, cache_dir, owners)
+        if training:
+            ds = ds.shuffle(max(len(split), 1), seed=seed, reshuffle_each_iteration=True)
     if training:
-        ds = ds.shuffle(max(len(split), 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda image, *rest: (tf.cast(image, tf.float32), *rest), num_parallel_calls=parallel)
         if synthetic:
-            ds = _with_synthetic_fakes(ds, split.labels, cfg, seed, parallel)
+            ds = _with_synthetic_fakes(ds, epoch_labels, cfg, seed, parallel)
         aug = cfg.augment
         if aug.flip or aug.blur_prob > 0 or aug.jpeg_prob > 0:
             ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)))
@@ -172,6 +163,70 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
                 num_parallel_calls=parallel,
             )
     return ds.batch(cfg.batch_size).prefetch(autotune)
+
+
+def _decoded(split: Split, keypoints: np.ndarray | None, cfg: DataConfig, training: bool, seed: int, parallel: int,
+             cache_dir: str | Path | None, owners: bool) -> tf.data.Dataset:
+    """``split``'s pictures decoded (``(image, label)`` or ``(image, label, keypoints)``), cached and, with
+    ``data.fit: crop``, cut into crops; in file order. Training images are cached as uint8 (see
+    :func:`make_dataset`)."""
+    import tensorflow as tf
+
+    size = cfg.image_size
+    labels = np.asarray(split.labels, dtype="float32")
+    slices = (list(split.paths), labels) if keypoints is None else (list(split.paths), labels, keypoints)
+    ds = tf.data.Dataset.from_tensor_slices(slices)
+    mode = _cache_mode(split, cfg, 1 if training else 4)
+    small = training and mode != "none"
+
+    def load(path, label, *extra):
+        image = decode_image(tf.io.read_file(path), size, cfg.fit)
+        return (tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8) if small else image, label, *extra)
+
+    # Deterministic: evaluation matches labels by position, and seeded training must repeat exactly.
+    ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
+    if mode == "memory":
+        ds = ds.cache()
+    elif mode == "disk":
+        folder = Path(cache_dir or ".cache/images")
+        folder.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha1("\n".join(split.paths).encode()
+                           + (b"" if keypoints is None else keypoints.tobytes())).hexdigest()[:16]
+        kind = ("_full" if cfg.fit == "crop" else "") + ("_u8" if small else "")
+        ds = ds.cache(str(folder / f"images_{size}{kind}_{key}"))
+    if cfg.fit == "crop":
+        ds = _crops(ds, cfg, training, seed, parallel, owners)
+    return ds
+
+
+def _mixed(split: Split, cfg: DataConfig, seed: int, mix: Mapping[str, float], keypoints: np.ndarray | None,
+           parallel: int, cache_dir: str | Path | None) -> tuple[tf.data.Dataset, list[int]]:
+    """Several datasets' training pictures, each dataset its share of every epoch (:func:`deepfake.data.epoch_counts`,
+    ``len(split)`` pictures an epoch): ``(dataset, labels of one epoch)``. Each (dataset, class) group is decoded and
+    cached alone and reshuffled without end; which group gives the next picture follows a list holding each group
+    its count of times, reshuffled every epoch (seeded). So every epoch has the same, known composition, and a
+    group smaller than its count repeats some pictures while a larger one leaves some out (others next epoch)."""
+    import tensorflow as tf
+
+    from deepfake.data import epoch_counts
+
+    counts = epoch_counts(split, dict(mix))
+    by_name = split.by_dataset()
+    groups, choices, epoch_labels = [], [], []
+    for k, ((name, label), n) in enumerate(sorted(counts.items())):
+        if n == 0:
+            continue
+        idx = [i for i in by_name[name] if int(split.labels[i]) == label]
+        sub = split.subset(idx)
+        group = _decoded(sub, None if keypoints is None else keypoints[idx], cfg, True, seed + k, parallel, cache_dir,
+                         False)
+        groups.append(group.shuffle(len(sub), seed=seed + 31 * (k + 1), reshuffle_each_iteration=True).repeat())
+        choices += [len(groups) - 1] * n
+        epoch_labels += [label] * n
+    order = tf.data.Dataset.from_tensor_slices(np.asarray(choices, dtype="int64")).shuffle(
+        len(choices), seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.choose_from_datasets(groups, order)
+    return ds.apply(tf.data.experimental.assert_cardinality(len(choices))), epoch_labels
 
 
 def synthetic_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataConfig) -> np.ndarray:

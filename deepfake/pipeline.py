@@ -33,7 +33,7 @@ from deepfake import model as M
 from deepfake.calibration import apply_temperature, fit_temperature
 from deepfake.config import Config
 from deepfake.errors import DeepfakeError
-from deepfake.features import FeatureCache, weights_fingerprint
+from deepfake.features import FeatureCache, epoch_indices, weights_fingerprint
 from deepfake.inference import (
     META_FILE,
     ModelMeta,
@@ -57,6 +57,7 @@ FINGERPRINT_TAG = "backbone.fingerprint"  # the backbone whose cached features t
 ALSO_DIR = "also"  # the second dataset a run is scored on (deepfake tune --also-data): its split name and folder
 PREDICTIONS_FILE = "predictions.csv"  # split, path, label, probability: what the figures are drawn from
 HISTORY_FILE = "history.json"
+PER_DATASET_FILE = "per_dataset.csv"  # several datasets: each one's val and test metrics at the joint threshold
 
 
 @dataclass
@@ -78,27 +79,40 @@ class RunResult:
 
 def prepare_dataset(cfg: Config, echo: Callable[[str], None] = print, progress: bool = True) -> D.DatasetInfo:
     """Scan and check the dataset, look for duplicates across splits (and drop them with dedupe), then
-    audit the classes for shortcuts (format, size, JPEG quality, EXIF, and content with data.content_check)."""
+    audit the classes for shortcuts (format, size, JPEG quality, EXIF, and content with data.content_check).
+    Several datasets (``--data A --data B``) are each prepared alone, so every one gets its own duplicates check
+    and audit (with its own warnings), and then joined (:mod:`deepfake.mixing`)."""
+    from deepfake import mixing
+
+    info = mixing.scan(cfg.data, lambda data_cfg, name: _prepare_one(cfg, data_cfg, name, echo, progress))
+    if info.parts:
+        echo(mixing.report(info))
+    return info
+
+
+def _prepare_one(cfg: Config, data_cfg: C.DataConfig, name: str, echo: Callable[[str], None],
+                 progress: bool) -> D.DatasetInfo:
+    """:func:`prepare_dataset` for one dataset (``name``: its name among several, "" alone)."""
     from deepfake import leakage
 
-    info = D.scan_dataset(cfg.data, seed=cfg.train.seed, progress=progress)
-    if cfg.data.leakage_check:
-        leaks = leakage.find_leaks(info, cfg.data.near_duplicate_distance)
-        if cfg.data.dedupe and leaks:
+    info = D.scan_dataset(data_cfg, seed=cfg.train.seed, progress=progress)
+    if data_cfg.leakage_check:
+        leaks = leakage.find_leaks(info, data_cfg.near_duplicate_distance)
+        if data_cfg.dedupe and leaks:
             info = leakage.dedupe(info, leaks)
         info.leaks = leaks
-        echo(leakage.report(leaks) + ("  (removed from the later split: data.dedupe)" if cfg.data.dedupe and leaks else
-                                      "  (use --set data.dedupe=true to remove them)" if leaks else ""))
+        echo(leakage.report(leaks) + ("  (removed from the later split: data.dedupe)" if data_cfg.dedupe and leaks
+                                      else "  (use --set data.dedupe=true to remove them)" if leaks else ""))
     echo(info.report())
-    if cfg.data.audit:
+    if data_cfg.audit:
         from deepfake import audit
 
-        info.audit = audit.audit_dataset(info, cfg.data.audit_threshold, progress=progress,
-                                         content_check=cfg.data.content_check,
-                                         content_images=cfg.data.content_check_images, seed=cfg.train.seed)
+        info.audit = audit.audit_dataset(info, data_cfg.audit_threshold, progress=progress,
+                                         content_check=data_cfg.content_check,
+                                         content_images=data_cfg.content_check_images, seed=cfg.train.seed)
         echo(audit.report(info.audit))
         for line in info.audit.warnings():
-            log.warning(line.removeprefix("WARNING: "))
+            log.warning("%s%s", f"{name}: " if name else "", line.removeprefix("WARNING: "))
     return info
 
 
@@ -174,6 +188,8 @@ def _evaluate_and_log(cfg: Config, raw: Callable[[str, D.Split], np.ndarray], sp
                          | {f"test_at_0.5_{k}": v for k, v in test_eval["metrics_at_0.5"].items()})
     echo(MET.format_metrics_table(test_eval["metrics"],
                                   title=f"Test metrics (threshold {threshold:.3f}, chosen on val)"))
+    _per_dataset(cfg, {"val": (val, val_probs), "test": (splits["test"], test_eval["probs"])}, threshold, eval_dir,
+                 echo)
     videos = test_eval["per_video"]
     if videos is not None:  # a test split of videos (or of face crops of images)
         tracking.log_metrics(videos["metrics"], prefix="test_video_")
@@ -182,6 +198,24 @@ def _evaluate_and_log(cfg: Config, raw: Callable[[str, D.Split], np.ndarray], sp
         tracking.log_metrics(also_eval["metrics"], prefix="also_")
         echo(MET.format_metrics_table(also_eval["metrics"], title="Second dataset (--also-data)"))
     return Scores(threshold, temperature, val_eval, test_eval, also_eval)
+
+
+def _per_dataset(cfg: Config, scored: dict[str, tuple[D.Split, np.ndarray]], threshold: float, eval_dir: Path,
+                 echo: Callable[[str], None]) -> None:
+    """Several datasets: each one's metrics on val and test at the one threshold (chosen on the joined validation
+    split), logged as ``val.NAME.*`` / ``test.NAME.*``, written to ``per_dataset.csv`` and printed."""
+    from deepfake import mixing
+
+    found = {name: mixing.per_dataset_metrics(split, probs, threshold) for name, (split, probs) in scored.items()}
+    rows = mixing.metric_rows({name: by for name, by in found.items() if by})
+    if not rows:
+        return
+    tracking.log_metrics({f"{split}.{MET.safe_name(name)}.{k}": v for split, by in found.items()
+                          for name, m in by.items() for k, v in m.items() if k != "n"})
+    columns = ["split", "dataset", "n", "roc_auc", "average_precision", "accuracy", "eer"]
+    atomic.write_csv(eval_dir / PER_DATASET_FILE, rows, columns)
+    echo(f"Per dataset (accuracy at the threshold {threshold:.3f} chosen on the joined validation split):\n"
+         + evaluation.format_table(rows, columns))
 
 
 def run(
@@ -221,9 +255,7 @@ def run(
             on_run_start(run_id)
         if previous is None:
             tracking.log_config(cfg)
-            tracking.log_dataset(info)
-            if info.audit is not None:
-                tracking.log_audit(info.audit)
+            _log_datasets(info)
             cfg.save(out_dir / "config.yaml")
         else:
             tracking.set_tags({"resumed": "true"})
@@ -234,7 +266,7 @@ def run(
         if synthetic and cfg.train.feature_cache:
             log.info("data.synthetic_fakes: the feature cache is not used (the synthetic fakes are new every epoch, "
                      "so phase 1 trains on the pixels)")
-        train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed)
+        train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed, mix=info.shares)
         val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
         class_weight = (info.class_weights(cfg.data.synthetic_fakes.fraction if synthetic else 0.0)
                         if cfg.data.class_weights else None)
@@ -275,6 +307,22 @@ def run(
                              out_dir=out_dir, dataset=info, seconds=time.time() - started)
 
 
+def _log_datasets(info: D.DatasetInfo) -> None:
+    """The run's data lineage: the dataset (its summary, splits as MLflow inputs, audit), or each of several under
+    its own name, with each one's share of a training epoch."""
+    if not info.parts:
+        tracking.log_dataset(info)
+        if info.audit is not None:
+            tracking.log_audit(info.audit)
+        return
+    for name, part in info.parts.items():
+        tracking.log_dataset(part, name=name)
+        if part.audit is not None:
+            tracking.log_audit(part.audit, name=name)
+    tracking.log_params({f"dataset.{name}.share": round(share, 4) for name, share in info.shares.items()}
+                        | {"datasets": ", ".join(info.parts)})
+
+
 def head_only(cfg: Config) -> bool:
     """Whether ``cfg`` trains the head alone on cached features: feature cache on, phase-1 epochs, and no
     fine-tuning epochs (or no stage to fine-tune). The cached features are the float32 backbone's in
@@ -304,8 +352,11 @@ def _run_head_only(cfg: Config, info: D.DatasetInfo, run_id: str, *, callbacks: 
     def features() -> tuple:
         found["features"] = cached = FeatureCache(cfg).head_features(scored, tuple(scored.splits))
         tracking.log_weights_info(cached.weights_info)
-        return (cached.arrays["train"], np.asarray(info.splits["train"].labels, dtype="float32"),
-                cached.arrays["val"], np.asarray(val.labels, dtype="float32"))
+        x_train, y_train = cached.arrays["train"], np.asarray(info.splits["train"].labels, dtype="float32")
+        if info.shares and len(info.splits["train"].dataset_names()) > 1:  # each dataset its share of the epoch
+            keep = epoch_indices(info.splits["train"], info.shares, cfg.train.seed)
+            x_train, y_train = x_train[keep], y_train[keep]
+        return x_train, y_train, cached.arrays["val"], np.asarray(val.labels, dtype="float32")
 
     result = training.train_head(
         cfg, features, ckpt_dir, class_weight=info.class_weights() if cfg.data.class_weights else None,

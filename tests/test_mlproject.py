@@ -69,7 +69,7 @@ def test_parameters_mirror_cli_options(entry):
             default = default[0] if default else None
         if default in (None, click.core.UNSET) if hasattr(click.core, "UNSET") else default is None:
             expected = defaults.get(OPTION_TO_CONFIG.get(name))
-            if expected is not None:
+            if expected not in (None, []):  # an empty list (data.mix) is the option not given: ""
                 # An override with no CLI default: the MLproject default is the config file's value.
                 assert param_spec["default"] == expected, f"{entry}.{name}"
             continue

@@ -31,7 +31,8 @@ SYNTHETIC_KINDS = ["none", "sbi", "resynth", "both"]  # data.synthetic_fakes.kin
 
 # CLI option name -> config key. The MLproject entry points mirror these (tests check it).
 OPTION_TO_CONFIG = {
-    "data": "data.path",
+    "data": "data.path",  # the first --data; any further ones: data.extra_paths
+    "mix": "data.mix",
     "backbone": "model.backbone",
     "weights": "model.weights",
     "image_size": "data.image_size",
@@ -141,8 +142,13 @@ def main(verbose: int) -> None:
 def training_options(func: Callable) -> Callable:
     """Options shared by ``train`` and ``tune``: config files plus the common overrides."""
     options = [
-        click.option("--data", "data", type=click.Path(),
-                     help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/."),
+        click.option("--data", "data", type=click.Path(), multiple=True,
+                     help="Dataset root: DATA/{train,val,test}/{real,fake}/ or DATA/{real,fake}/. Repeatable: "
+                          "several datasets are trained on at once, each split by itself and their splits joined, "
+                          "with metrics per dataset (one value may also list folders separated by "
+                          f"{os.pathsep!r}, as the MLproject passes them)."),
+        click.option("--mix", help="With several --data: each dataset's share of every training epoch, in --data "
+                                   "order, e.g. 2,1 (default: equal shares, so a small dataset is not drowned)."),
         click.option("--config", "config_files", multiple=True, type=click.Path(),
                      help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real, dfdc_faces); "
                           "later ones win. Repeatable."),
@@ -195,11 +201,28 @@ def config_from_options(config_files: Sequence[str] = (), set_args: Sequence[str
     from deepfake import config as C
 
     overrides: dict[str, Any] = {}
+    datasets = data_folders(options.pop("data", None))
+    if datasets:
+        overrides = C.nest({"data.path": datasets[0], "data.extra_paths": datasets[1:]})
     for name, value in options.items():
         if value is None or name not in OPTION_TO_CONFIG:
             continue
         overrides = C.merge(overrides, C.nest({OPTION_TO_CONFIG[name]: value}))
     return C.resolve(config_files, overrides, set_args)
+
+
+def data_folders(values: str | Sequence[str] | None) -> list[str]:
+    """The dataset folders of ``--data`` (repeatable): each value a folder, or several separated by ``os.pathsep``
+    (one MLproject parameter) unless the whole value is an existing path."""
+    if not values:
+        return []
+    out: list[str] = []
+    for value in [values] if isinstance(values, str) else values:
+        if os.pathsep in value and not os.path.exists(value):
+            out.extend(v for v in value.split(os.pathsep) if v)
+        elif value:
+            out.append(value)
+    return out
 
 
 def require(value: Any, option: str, hint: str) -> Any:

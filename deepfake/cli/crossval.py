@@ -12,7 +12,8 @@ from deepfake.cli.app import config_from_options, main, require, training_option
 @main.command()
 @training_options
 @click.option("--by", default="source", show_default=True,
-              help="Metadata column naming each fake's source (generator, manipulation method).")
+              help="Metadata column naming each fake's source (generator, manipulation method), or 'dataset': "
+                   "with several --data, hold each whole dataset out in turn.")
 @click.option("--metadata", default=None, type=click.Path(dir_okay=False),
               help="CSV with columns path and the --by column [default: DATA/metadata.csv].")
 @click.option("--source", "only", multiple=True, help="Hold out only this source (repeatable) [default: each].")
@@ -27,6 +28,12 @@ def crossval(by: str, metadata: str | None, only: tuple[str, ...], **options: An
 
     \b
         deepfake crossval --data ai-vs-real --by source --config ai_vs_real --fine-tune-epochs 0
+
+    With --by dataset and several --data, each dataset is held out in turn: trained on the others, tested
+    on its test split (the cross-dataset protocol of the face-forgery literature), e.g.
+
+    \b
+        deepfake crossval --data ai-vs-real --data dfdc-faces-dev --by dataset --config general
     """
     from deepfake import crossval as CV
     from deepfake import tracking

@@ -80,12 +80,17 @@ def log_dataset(info: DatasetInfo, evaluated: str | None = None, name: str | Non
     mlflow.log_metrics(metrics)
 
 
-def log_audit(result: AuditResult) -> None:
+def log_audit(result: AuditResult, name: str | None = None) -> None:
     """A dataset audit (:mod:`deepfake.audit`): ``dataset/audit.csv``, ``audit.<property>_auc`` metrics and,
-    when a property alone separates the classes, the tag ``warning.shortcut``."""
-    log_table_csv(result.table, "dataset/audit.csv")
-    log_metrics({f"audit.{row.property}_auc": row.roc_auc for row in result.table.itertuples()
+    when a property alone separates the classes, the tag ``warning.shortcut``. One of several datasets gives its
+    ``name``: ``dataset/NAME/audit.csv``, ``audit.NAME.<property>_auc``, and its shortcuts join the tag as
+    ``NAME: property``."""
+    log_table_csv(result.table, f"dataset/{name}/audit.csv" if name else "dataset/audit.csv")
+    key = f"audit.{name}." if name else "audit."
+    log_metrics({f"{key}{row.property}_auc": row.roc_auc for row in result.table.itertuples()
                  if not math.isnan(row.roc_auc)})  # NaN: the property is not defined for both classes
     if result.shortcuts:
-        mlflow.set_tag("warning.shortcut", ", ".join(result.shortcuts))
+        found = [f"{name}: {s}" if name else s for s in result.shortcuts]
+        before = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get("warning.shortcut") if name else None
+        mlflow.set_tag("warning.shortcut", ", ".join([before, *found] if before else found))
 
