@@ -119,7 +119,7 @@ def _mean_pixels(split: Split, cfg: DataConfig, sample: int = 32) -> int:
 
 def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
                  cache_dir: str | Path | None = None, owners: bool = False,
-                 mix: Mapping[str, float] | None = None) -> tf.data.Dataset:
+                 mix: Mapping[str, float] | None = None, keypoints: np.ndarray | None = None) -> tf.data.Dataset:
     """A streaming ``tf.data`` pipeline of ``(images, labels)`` batches.
 
     Files are read and decoded in parallel, resized, optionally cached (decoded, before augmentation; for training
@@ -129,7 +129,8 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
     shuffle and before augmentation (:func:`_with_synthetic_fakes`).
 
     A training split of several datasets (:attr:`deepfake.data.Split.datasets`) with their shares ``mix`` gives
-    every epoch each dataset's share of pictures (:func:`_mixed`).
+    every epoch each dataset's share of pictures (:func:`_mixed`). ``keypoints``: the face points of the training
+    images for self-blended fakes (:func:`synthetic_keypoints`), found here when not given.
 
     With ``data.fit: crop`` images are decoded (and cached) at their own resolution, then cut: in training one
     random ``S x S`` crop per image and epoch (stateless, seeded: a seeded run repeats), before the shuffle; else
@@ -142,8 +143,10 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
     parallel = autotune if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
     synthetic = training and cfg.synthetic_fakes.kind != "none"
     # Face keypoints for self-blended fakes ride along with each image (data.fit: crop cuts anywhere: ellipses).
-    keypoints = (synthetic_keypoints(split.paths, split.labels, cfg)
-                 if synthetic and getattr(cfg, "fit", "resize") != "crop" else None)
+    if not synthetic or getattr(cfg, "fit", "resize") == "crop":
+        keypoints = None
+    elif keypoints is None:  # the caller may have found them already (to log the mask kinds)
+        keypoints = synthetic_keypoints(split.paths, split.labels, cfg)
     epoch_labels: Sequence[int] = split.labels
     if training and mix and len(split.dataset_names()) > 1:
         ds, epoch_labels = _mixed(split, cfg, seed, mix, keypoints, parallel, cache_dir)

@@ -266,7 +266,9 @@ def run(
         if synthetic and cfg.train.feature_cache:
             log.info("data.synthetic_fakes: the feature cache is not used (the synthetic fakes are new every epoch, "
                      "so phase 1 trains on the pixels)")
-        train_ds = make_dataset(info.splits["train"], cfg.data, training=True, seed=cfg.train.seed, mix=info.shares)
+        train = info.splits["train"]
+        points = _mask_points(cfg, train) if synthetic else None
+        train_ds = make_dataset(train, cfg.data, training=True, seed=cfg.train.seed, mix=info.shares, keypoints=points)
         val_ds = make_dataset(info.splits["val"], cfg.data, training=False, seed=cfg.train.seed)
         class_weight = (info.class_weights(cfg.data.synthetic_fakes.fraction if synthetic else 0.0)
                         if cfg.data.class_weights else None)
@@ -305,6 +307,20 @@ def run(
         echo(f"MLflow run {run_id}  ({tracking.active_tracking_uri()})")
         return scores.result(run_id=run_id, model_dir=model_dir, model_uri=model_uri, history=result.history,
                              out_dir=out_dir, dataset=info, seconds=time.time() - started)
+
+
+def _mask_points(cfg: Config, train: D.Split) -> np.ndarray | None:
+    """Self-blended fakes: the face points of the training images (:func:`deepfake.synthetic.training_keypoints`)
+    and the mask kinds they give (``data.synthetic_fakes.mask``: mesh, else keypoints, else ellipse), logged as
+    params ``synthetic.masks.KIND`` (real training images per kind); ``None`` where they are not used."""
+    from deepfake import synthetic
+
+    if cfg.data.synthetic_fakes.kind not in ("sbi", "both") or cfg.data.fit == "crop":
+        return None
+    points = synthetic.training_keypoints(train.paths, train.labels, cfg.data)
+    counts = synthetic.mask_counts(points, train.labels)
+    tracking.log_params({f"synthetic.masks.{kind}": n for kind, n in counts.items()})
+    return points
 
 
 def _log_datasets(info: D.DatasetInfo) -> None:

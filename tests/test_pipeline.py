@@ -90,3 +90,25 @@ def test_evaluate_split_predicts_in_file_order_calibrated_and_writes_the_evaluat
     assert saved["threshold"] == 0.5 and saved["at_threshold"]["roc_auc"] == pytest.approx(result["metrics"]["roc_auc"])
     matrix = json.loads((tmp_path / "eval" / "test_confusion_matrix.json").read_text())["matrix"]
     assert sum(map(sum, matrix)) == len(split)
+
+
+def test_the_mask_kinds_of_self_blended_fakes_are_logged_with_the_fallback_counted(tmp_path, tiny_cfg):
+    import mlflow
+
+    from deepfake import data as D
+
+    paths = []
+    for i in range(3):  # blank pictures: no face mesh, no MTCNN face -> the ellipse fallback
+        paths.append(str(tmp_path / f"blank{i}.png"))
+        Image.new("RGB", (64, 64), (120 + i, 120, 120)).save(paths[-1])
+    train = D.Split(paths, [0, 0, 1])
+    cfg = tiny_cfg(*PIPELINE, "data.synthetic_fakes.kind=sbi", "data.synthetic_fakes.mask=mesh",
+                   f"data.media_cache_dir={tmp_path / 'cache'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run() as run:
+        points = pipeline._mask_points(cfg, train)
+    assert points.shape[:2] == (3, 468) and np.isnan(points).all()  # no mesh, no keypoints: ellipses
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert (params["synthetic.masks.mesh"], params["synthetic.masks.ellipse"]) == ("0", "2")  # the two reals
+    cfg.data.synthetic_fakes.kind = "resynth"
+    assert pipeline._mask_points(cfg, train) is None  # no blending, no masks
