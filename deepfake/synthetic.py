@@ -288,8 +288,9 @@ def training_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataCon
 
     Found for the real images only, and only when ``cfg.synthetic_fakes`` blends (sbi, both), as its ``mask``
     says: ``mesh`` (:func:`deepfake.face_mesh.meshes_for`; MTCNN's keypoints for the images without a mesh, then
-    ellipses), ``keypoints`` (:func:`keypoints_for`, then ellipses) or ``ellipse``. Without MTCNN installed the
-    keypoints are skipped with a warning. The mask kinds the reals get are logged (:func:`mask_counts`).
+    ellipses), ``keypoints`` (:func:`keypoints_for`, then ellipses) or ``ellipse``. Without the mesh model or
+    MTCNN (a broken install) their points are skipped with a warning. The mask kinds the reals get are logged
+    (:func:`mask_counts`).
     """
     from deepfake import face_mesh
 
@@ -300,7 +301,10 @@ def training_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataCon
         return out
     todo = reals
     if s.mask == "mesh":
-        out[reals] = face_mesh.meshes_for([paths[i] for i in reals], cfg.image_size, cfg.media_cache_dir)
+        try:
+            out[reals] = face_mesh.meshes_for([paths[i] for i in reals], cfg.image_size, cfg.media_cache_dir)
+        except DeepfakeError as exc:
+            log.warning("synthetic fakes: no face mesh (%s); blending through MTCNN keypoint masks", exc)
         todo = [i for i in reals if not np.isfinite(out[i]).all()]
     if s.mask in ("mesh", "keypoints") and todo:
         try:

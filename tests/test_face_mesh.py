@@ -192,6 +192,21 @@ def test_meshes_are_found_once_cached_and_scaled(tmp_path, monkeypatch):
     assert calls == [3] and S.mask_counts(points) == {"mesh": 2, "keypoints": 0, "ellipse": 1}
 
 
+def test_a_missing_mesh_model_falls_back_to_keypoints_with_a_warning(tmp_path, monkeypatch, caplog):
+    paths = write_images(tmp_path / "img", [image(0, 64)])
+
+    def missing():
+        raise DeepfakeError("the face mesh model x.onnx is missing")
+
+    monkeypatch.setattr(M, "_get_session", missing)
+    monkeypatch.setattr(S, "keypoints_for", lambda p, cfg: np.full((len(p), 5, 2), 3.0, np.float32))
+    cfg = tiny_config("data.synthetic_fakes.kind=sbi", f"data.media_cache_dir={tmp_path / 'cache'}").data
+    with caplog.at_level("WARNING", logger="deepfake.synthetic"):
+        points = S.training_keypoints(paths, [0], cfg)
+    assert S.mask_counts(points) == {"mesh": 0, "keypoints": 1, "ellipse": 0}
+    assert "no face mesh (the face mesh model x.onnx is missing)" in caplog.text
+
+
 # ----------------------------------------------------------------------------- config
 
 
