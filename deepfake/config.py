@@ -147,6 +147,13 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (per device: precision.choose_precision) | off | bfloat16 | float16
     jit_compile: str = "auto"  # auto | on | off
     calibrate: bool = True  # fit a temperature on validation; stored with the model, applied by inference
+    # Phase-2 speed options (benchmarks/results/fine_tune_speed.md); the defaults train as before.
+    fine_tune_schedule: str = "constant"  # phase-2 learning rate: constant | cosine (warm-up, then cosine decay to 0)
+    fine_tune_lr_warmup_epochs: int = 1  # cosine: phase-2 epochs of linear warm-up to fine_tune_learning_rate
+    fine_tune_warmup_stages: int = 0  # staged unfreezing: the first fine_tune_warmup_epochs of phase 2 train ...
+    fine_tune_warmup_epochs: int = 0  # ... only these top stages, then all fine_tune_stages (0: no staging)
+    fine_tune_depthwise: bool = True  # false: depthwise kernels stay frozen in phase 2 (EfficientNet; faster on CPU)
+    validation_freq: int = 1  # phase 2 validates every k-th epoch (and its last); patience counts validations
 
 
 @dataclass

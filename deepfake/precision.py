@@ -9,7 +9,9 @@ The choice itself is pure (devices are given), so it is tested without a GPU.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,15 @@ log = logging.getLogger(__name__)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
 TENSOR_CORES = (7, 0)  # the first NVIDIA compute capability with tensor cores (Volta)
 POLICIES = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# TensorFlow's CPU runtime settings that only take effect when set before TensorFlow is imported
+# (:func:`backend_defaults`); measured in benchmarks/results/fine_tune_speed.md on a 2-core AVX2 CPU.
+BACKEND_DEFAULTS = {
+    # oneDNN kernels for convolutions: TensorFlow turns them on by itself only on CPUs with AVX512_VNNI,
+    # AVX512_BF16 or AMX. On AVX2 they fine-tune EfficientNet-Lite0 about 1.6x faster per CPU second.
+    "TF_ENABLE_ONEDNN_OPTS": "1",
+    # One op at a time, each on every core: two concurrent ops on two cores only took the cores from each other.
+    "TF_NUM_INTEROP_THREADS": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -128,12 +139,47 @@ def local_devices() -> list[Device]:
         return [Device("cpu", platform.processor() or platform.machine() or "unknown CPU")]
 
 
+def backend_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the :data:`BACKEND_DEFAULTS` that ``environ`` (default: this process's environment) does not set
+    already, and return them; the user's own values win. TensorFlow reads them when it is imported, so the command
+    line calls this first, and a program using :mod:`deepfake` as a library sets them itself (or calls this
+    before importing Keras). Does nothing once TensorFlow is imported into this process."""
+    environ = os.environ if environ is None else environ
+    if environ is os.environ and "tensorflow" in sys.modules:
+        return {}
+    applied = {k: v for k, v in BACKEND_DEFAULTS.items() if k not in environ}
+    environ.update(applied)
+    return applied
+
+
+def backend_settings() -> dict[str, Any]:
+    """How TensorFlow's CPU runtime runs in this process (logged as run tags ``runtime.*``): oneDNN kernels on or
+    off, and the inter- and intra-op thread counts (``default``: TensorFlow's own choice, one per core)."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow build without the probe
+        onednn = "unknown"
+    threading = tf.config.threading
+
+    def threads(configured: int, variable: str) -> str:
+        return str(configured or os.environ.get(variable) or "default")
+
+    return {"onednn": onednn,
+            "inter_op_threads": threads(threading.get_inter_op_parallelism_threads(), "TF_NUM_INTEROP_THREADS"),
+            "intra_op_threads": threads(threading.get_intra_op_parallelism_threads(), "TF_NUM_INTRAOP_THREADS")}
+
+
 def configure_runtime(cfg: Config, devices: Sequence[Device] | None = None) -> dict[str, Any]:
     """Apply the numeric precision and XLA choices for ``devices`` (default: :func:`local_devices`); return
     what was used and why, logged as run tags ``runtime.*``.
 
     ``train.mixed_precision=auto`` is :func:`choose_precision`; ``off``, ``bfloat16`` and ``float16`` force
-    a policy. XLA only on GPUs (2-5x slower on CPU in ``benchmarks/bench_training.py``).
+    a policy. XLA only on GPUs (2-5x slower on CPU in ``benchmarks/bench_training.py``). The CPU runtime's
+    settings (:func:`backend_settings`: oneDNN, threads) are recorded with them.
     """
     import keras
 
@@ -154,6 +200,7 @@ def configure_runtime(cfg: Config, devices: Sequence[Device] | None = None) -> d
         runtime["compute_capability"] = ", ".join(_capability(d.compute_capability) for d in used)
     else:
         runtime["cpu_flags"] = ",".join(sorted(set().union(*(d.flags for d in used)))) or "none"
+        runtime.update(backend_settings())
     log.info("training on %s (%s); precision %s: %s", runtime["device"], runtime["device_name"], policy, reason)
     clash = tensorflow_clash(_installed(["tensorflow", "tensorflow-cpu"]))
     if clash:

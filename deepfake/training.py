@@ -1,11 +1,16 @@
 """Two-phase transfer learning, resumable from its checkpoints (:mod:`deepfake.checkpoints`).
 
 Phase 1 trains the head on the frozen backbone; phase 2 unfreezes the top
-``train.fine_tune_stages`` ResNet50 stages (BatchNorm stays frozen) at a lower learning
+``train.fine_tune_stages`` backbone stages (BatchNorm stays frozen) at a lower learning
 rate, continuing the epoch count (``initial_epoch``) so per-epoch metrics and pruning
 steps run on one axis. Both phases use EarlyStopping and keep the best model so far in
 ``checkpoints/best.keras``; ``resume=True`` continues where a killed run stopped. The precision and XLA
 choices come from :mod:`deepfake.precision`.
+
+Phase 2's speed options (``train.*``, benchmarks/results/fine_tune_speed.md) change how it learns, never the
+model: a warm-up and cosine learning-rate schedule (:class:`WarmupCosine`), staged unfreezing (the first
+``fine_tune_warmup_epochs`` train only the top ``fine_tune_warmup_stages``), frozen depthwise kernels and
+validation every ``validation_freq`` epochs.
 
 This module knows nothing of MLflow or Optuna: trackers and pruners come in as Keras callbacks.
 """
@@ -13,6 +18,7 @@ This module knows nothing of MLflow or Optuna: trackers and pruners come in as K
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +42,8 @@ from deepfake.checkpoints import (
     save_checkpoint,
     write_state,
 )
-from deepfake.config import Config
+from deepfake.config import Config, TrainConfig
+from deepfake.errors import DeepfakeError
 from deepfake.precision import configure_runtime
 
 if TYPE_CHECKING:
@@ -51,7 +58,12 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
+SCHEDULES = ("constant", "cosine")  # train.fine_tune_schedule
+SWITCH_KEY = "fine_tune_switch"  # state.json: the epoch staged unfreezing went from the top stages to all of them
+
+
+def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                  jit_compile: bool = False) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
@@ -63,6 +75,115 @@ def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = 
         ],
         jit_compile=jit_compile,
     )
+
+
+@keras.saving.register_keras_serializable(package="deepfake")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The phase-2 learning rate at optimizer step ``step`` of a fit that starts ``offset`` steps into phase 2:
+    ``peak * (s + 1) / warmup_steps`` for the first ``warmup_steps`` steps ``s`` of the phase, then a cosine from
+    ``peak`` down to 0 at step ``total_steps`` (``train.fine_tune_schedule: cosine``).
+
+    The offset lets every fit of phase 2 (a resumed run, the second half of staged unfreezing: each compiles
+    a fresh optimizer whose step count starts at 0) continue on the same curve.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, offset: int = 0):
+        self.peak, self.total_steps = float(peak), int(total_steps)
+        self.warmup_steps, self.offset = int(warmup_steps), int(offset)
+
+    def __call__(self, step: Any) -> Any:
+        s = keras.ops.cast(step, "float32") + float(self.offset)
+        warm = min(self.warmup_steps, self.total_steps)
+        progress = keras.ops.clip((s - warm) / float(max(self.total_steps - warm, 1)), 0.0, 1.0)
+        decay = 0.5 * self.peak * (1.0 + keras.ops.cos(math.pi * progress))
+        if warm == 0:
+            return decay
+        return keras.ops.where(s < warm, self.peak * (s + 1.0) / float(warm), decay)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "offset": self.offset}
+
+
+def check_speed_options(t: TrainConfig) -> None:
+    """A one-line :class:`~deepfake.errors.DeepfakeError` for a bad phase-2 speed option."""
+    if t.fine_tune_schedule not in SCHEDULES:
+        raise DeepfakeError(f"train.fine_tune_schedule must be one of {', '.join(SCHEDULES)}, "
+                            f"not {t.fine_tune_schedule!r}")
+    for name in ("fine_tune_lr_warmup_epochs", "fine_tune_warmup_stages", "fine_tune_warmup_epochs"):
+        if getattr(t, name) < 0:
+            raise DeepfakeError(f"train.{name} must be zero or more")
+    if t.validation_freq < 1:
+        raise DeepfakeError("train.validation_freq must be 1 or more")
+
+
+def steps_per_epoch(dataset: tf.data.Dataset) -> int:
+    """Batches in one epoch of ``dataset``: its cardinality, else counted once (a warning: that reads it all)."""
+    n = int(dataset.cardinality())
+    if n >= 0:
+        return n
+    log.warning("the training dataset does not know its length; reading it once to count its batches")
+    return int(dataset.reduce(0, lambda count, *_: count + 1))
+
+
+def fine_tune_learning_rate(t: TrainConfig, steps: int, start: int) -> float | WarmupCosine:
+    """The learning rate of a phase-2 fit that starts ``start`` epochs into the phase, ``steps`` batches an epoch."""
+    if t.fine_tune_schedule == "constant":
+        return t.fine_tune_learning_rate
+    return WarmupCosine(t.fine_tune_learning_rate, t.fine_tune_epochs * steps,
+                        min(t.fine_tune_lr_warmup_epochs, t.fine_tune_epochs) * steps, start * steps)
+
+
+def staged(t: TrainConfig) -> bool:
+    """Whether phase 2 starts with fewer stages (staged unfreezing): ``0 < fine_tune_warmup_stages <
+    fine_tune_stages`` and ``fine_tune_warmup_epochs > 0``."""
+    return 0 < t.fine_tune_warmup_stages < t.fine_tune_stages and t.fine_tune_warmup_epochs > 0
+
+
+def validation_epochs(start: int, stop: int, freq: int) -> int | list[int]:
+    """Keras' ``validation_freq`` for a fit of epochs ``start .. stop - 1``: every epoch when ``freq`` is 1, else
+    every ``freq``-th counted back from the last (one-based epoch numbers), so the fit's last epoch is validated."""
+    if freq <= 1:
+        return 1
+    return [e for e in range(start + 1, stop + 1) if (stop - e) % freq == 0]
+
+
+class _Unvalidated(keras.callbacks.Callback):
+    """With ``validation_freq`` > 1: NaN in the state's validation histories for the epochs without validation
+    (before :class:`~deepfake.checkpoints.Checkpoints` adds this epoch's values), so every history keeps one value
+    per epoch."""
+
+    def __init__(self, state: dict[str, Any]):
+        super().__init__()
+        self.state = state
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs, history = logs or {}, self.state["history"]
+        before = len(history.get("loss", []))  # epochs recorded so far
+        for key in logs:
+            if key.startswith("val_") and key not in history:  # the first validation of a run
+                history[key] = [float("nan")] * before
+        for key, values in history.items():
+            if key.startswith("val_") and key not in logs:
+                values.append(float("nan"))
+
+
+class _EarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that passes over epochs without validation (``validation_freq`` > 1) quietly: patience then
+    counts validations."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None and not any(key.startswith("val_") for key in logs):
+            return
+        super().on_epoch_end(epoch, logs)
+
+
+def _restore_best(model: keras.Model, ckpt_dir: Path, state: dict[str, Any]) -> None:
+    """:func:`~deepfake.checkpoints.restore_best` after a phase-2 fit, unless its last epoch was the best so far:
+    then the model holds those weights already (EarlyStopping restored the fit's best; a resumed run loaded
+    ``last.keras``), and reading ``best.keras`` again is skipped."""
+    if state.get("best_epoch") != state["epochs_done"]:
+        restore_best(model, ckpt_dir)
 
 
 @dataclass
@@ -84,9 +205,11 @@ def _phase_callbacks(
 ) -> list[keras.callbacks.Callback]:
     monitor = cfg.train.monitor
     mode = "min" if "loss" in monitor else "max"
+    sparse = phase == 2 and cfg.train.validation_freq > 1  # epochs without validation
     return [
+        *([_Unvalidated(state)] if sparse else []),
         Checkpoints(ckpt_dir, phase, state, monitor, mode, target, defer_saves),
-        keras.callbacks.EarlyStopping(
+        (_EarlyStopping if sparse else keras.callbacks.EarlyStopping)(
             monitor=monitor, mode=mode, patience=cfg.train.patience, restore_best_weights=True
         ),
         *extra,
@@ -116,6 +239,7 @@ def train(
     ``on_model_built(weights_info)`` is called as soon as a new model exists (to record, say,
     the random-initialisation fallback before any long training starts).
     """
+    check_speed_options(cfg.train)
     set_seeds(cfg.train.seed)
     runtime = configure_runtime(cfg)
     ckpt_dir = Path(checkpoint_dir)
@@ -190,22 +314,40 @@ def train(
         write_state(ckpt_dir, state)
     boundary = int(state.get("phase_boundary", state["epochs_done"]))
 
-    # Phase 2: fine-tune the top stages with BatchNorm frozen, at a lower learning rate.
+    # Phase 2: fine-tune the top stages with BatchNorm frozen, at a lower learning rate. With staged unfreezing
+    # the first epochs train fewer stages; the rest start from the best model so far (as phase 2 itself does),
+    # at the epoch recorded in the state, so a resumed run lands in the right half.
     end = boundary + (t.fine_tune_epochs if t.fine_tune_stages > 0 else 0)
     if state["epochs_done"] < end:
-        n = M.set_fine_tune(model, t.fine_tune_stages)
-        log.info("fine-tuning %d backbone layers (top %d stages), BatchNorm frozen", n, t.fine_tune_stages)
-        compile_model(model, t.fine_tune_learning_rate, runtime["jit_compile"])
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=end,
-            initial_epoch=state["epochs_done"],
-            class_weight=class_weight,
-            callbacks=_phase_callbacks(cfg, ckpt_dir, 2, state, callbacks),
-            verbose=verbose,
-        )
-        restore_best(model, ckpt_dir)
+        steps = steps_per_epoch(train_ds) if t.fine_tune_schedule != "constant" else 0
+
+        def fine_tune(stages: int, stop: int) -> None:
+            start = int(state["epochs_done"])
+            n = M.set_fine_tune(model, stages, depthwise=t.fine_tune_depthwise)
+            log.info("fine-tuning %d backbone layers (top %d stages), BatchNorm frozen%s, epochs %d-%d", n, stages,
+                     "" if t.fine_tune_depthwise else ", depthwise kernels frozen", start + 1, stop)
+            compile_model(model, fine_tune_learning_rate(t, steps, start - boundary), runtime["jit_compile"])
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                validation_freq=validation_epochs(start, stop, t.validation_freq),
+                epochs=stop,
+                initial_epoch=start,
+                class_weight=class_weight,
+                callbacks=_phase_callbacks(cfg, ckpt_dir, 2, state, callbacks),
+                verbose=verbose,
+            )
+
+        if staged(t) and SWITCH_KEY not in state:
+            warm_end = min(boundary + t.fine_tune_warmup_epochs, end)
+            if state["epochs_done"] < warm_end:
+                fine_tune(t.fine_tune_warmup_stages, warm_end)  # EarlyStopping may end it sooner
+            _restore_best(model, ckpt_dir, state)
+            state[SWITCH_KEY] = state["epochs_done"]
+            write_state(ckpt_dir, state)
+        if state["epochs_done"] < end:
+            fine_tune(t.fine_tune_stages, end)
+        _restore_best(model, ckpt_dir, state)
 
     state["finished"] = True
     write_state(ckpt_dir, state)
