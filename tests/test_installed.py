@@ -16,7 +16,7 @@ from deepfake import tracking, tuning
 from deepfake.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_CONFIGS = ["ai_vs_real", "default", "demo", "dfdc_faces"]
+SHIPPED_CONFIGS = ["ai_vs_real", "default", "demo", "dfdc_faces", "general"]
 SHIPPED_SPACES = ["search_space", "search_space_demo", "search_space_faces"]
 
 
