@@ -65,7 +65,8 @@ def test_resolved_config_round_trips(tmp_path):
     assert flat["train.epochs"] == 3 and flat["data.augment.flip"] is True
 
 
-SHIPPED_CONFIGS = ["ai_vs_real", "default", "demo", "dfdc_faces", "general"]  # README: "The configurations default, demo, ..."
+# README: "The configurations default, demo, ..."
+SHIPPED_CONFIGS = ["ai_vs_real", "default", "demo", "dfdc_faces", "general"]
 
 
 def test_shipped_configs_are_found_by_name():

@@ -148,3 +148,25 @@ def test_register_promote_and_report_import_no_keras():
     done = subprocess.run([sys.executable, "-c", READ_ONLY_COMMANDS], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def test_a_dataset_another_worker_stored_at_the_same_moment_is_logged_on_the_second_try(monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from deepfake.tracking import lineage
+
+    calls = []
+
+    def log_input(dataset, context):
+        calls.append(context)
+        if len(calls) == 1:  # what PostgreSQL answers when a second worker inserts the same dataset meanwhile
+            raise MlflowException('(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint '
+                                  '"dataset_pk"')
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    lineage._log_input(object(), "training")
+    assert calls == ["training", "training"]
+    monkeypatch.setattr(mlflow, "log_input", lambda dataset, context: (_ for _ in ()).throw(MlflowException("boom")))
+    with pytest.raises(MlflowException, match="boom"):  # other errors are not retried
+        lineage._log_input(object(), "training")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,9 +63,8 @@ def log_dataset(info: DatasetInfo, evaluated: str | None = None, name: str | Non
     files go below ``dataset/NAME/``, its metrics are ``dataset.NAME.*`` and its root the param
     ``dataset.NAME.root``."""
     for split_name in info.splits if evaluated is None else [evaluated]:
-        with _dataset_warnings_silenced():
-            mlflow.log_input(split_dataset(info, split_name),
-                             context="evaluation" if evaluated else SPLIT_CONTEXTS.get(split_name, split_name))
+        _log_input(split_dataset(info, split_name),
+                   context="evaluation" if evaluated else SPLIT_CONTEXTS.get(split_name, split_name))
     folder = f"dataset/{name}" if name else "dataset"
     key = f"dataset.{name}" if name else "dataset"
     summary = info.summary()
@@ -78,6 +78,24 @@ def log_dataset(info: DatasetInfo, evaluated: str | None = None, name: str | Non
         for class_name, n in split.counts(info.class_names).items():
             metrics[f"{key}.{split_name}.{class_name}"] = n
     mlflow.log_metrics(metrics)
+
+
+def _log_input(dataset: PandasDataset, context: str, attempts: int = 3) -> None:
+    """``mlflow.log_input``, again when another worker stored the same dataset (same experiment, name and digest)
+    between MLflow's lookup and its insert: a duplicate-key error that a second try, which finds the stored
+    dataset and links it to this run, does not meet (tuning workers of one study start runs on one dataset at once)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            with _dataset_warnings_silenced():
+                mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("unique" in text or "duplicate" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def log_audit(result: AuditResult, name: str | None = None) -> None:
