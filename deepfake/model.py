@@ -110,6 +110,36 @@ def highpass_residual(x: keras.KerasTensor, sigma: float = HIGHPASS_SIGMA) -> ke
     return x - ops.depthwise_conv(padded, ops.convert_to_tensor(kernel), strides=1, padding="valid")
 
 
+@keras.saving.register_keras_serializable(package="deepfake")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The phase-2 learning rate at optimizer step ``step`` of a fit that starts ``offset`` steps into phase 2:
+    ``peak * (s + 1) / warmup_steps`` for the first ``warmup_steps`` steps ``s`` of the phase, then a cosine from
+    ``peak`` down to 0 at step ``total_steps`` (``train.fine_tune_schedule: cosine``).
+
+    The offset lets every fit of phase 2 (a resumed run, the second half of staged unfreezing: each compiles
+    a fresh optimizer whose step count starts at 0) continue on the same curve. It lives here, with the model's
+    other registered classes, because a detector saved while compiled with it names it in its optimizer: whatever
+    can load the detector's layers can load that too.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, offset: int = 0):
+        self.peak, self.total_steps = float(peak), int(total_steps)
+        self.warmup_steps, self.offset = int(warmup_steps), int(offset)
+
+    def __call__(self, step: Any) -> Any:
+        s = ops.cast(step, "float32") + float(self.offset)
+        warm = min(self.warmup_steps, self.total_steps)
+        progress = ops.clip((s - warm) / float(max(self.total_steps - warm, 1)), 0.0, 1.0)
+        decay = 0.5 * self.peak * (1.0 + ops.cos(math.pi * progress))
+        if warm == 0:
+            return decay
+        return ops.where(s < warm, self.peak * (s + 1.0) / float(warm), decay)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "offset": self.offset}
+
+
 # Models saved by deepfake 0.1 (ResNet50 only) used these two layers; they stay loadable.
 LEGACY_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -367,7 +397,8 @@ def set_fine_tune(model: keras.Model, stages: int, depthwise: bool = True) -> in
 
 
 def custom_objects() -> dict:
-    return {"Preprocess": Preprocess, "ResNetPreprocess": ResNetPreprocess, "NPRResidual": NPRResidual}
+    return {"Preprocess": Preprocess, "ResNetPreprocess": ResNetPreprocess, "NPRResidual": NPRResidual,
+            "WarmupCosine": WarmupCosine}
 
 
 def load_keras_model(path: str | Path, compile: bool = False) -> keras.Model:

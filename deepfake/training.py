@@ -8,9 +8,9 @@ steps run on one axis. Both phases use EarlyStopping and keep the best model so 
 choices come from :mod:`deepfake.precision`.
 
 Phase 2's speed options (``train.*``, benchmarks/results/fine_tune_speed.md) change how it learns, never the
-model: a warm-up and cosine learning-rate schedule (:class:`WarmupCosine`), staged unfreezing (the first
-``fine_tune_warmup_epochs`` train only the top ``fine_tune_warmup_stages``), frozen depthwise kernels and
-validation every ``validation_freq`` epochs.
+model: a warm-up and cosine learning-rate schedule (:class:`deepfake.model.WarmupCosine`), staged unfreezing
+(the first ``fine_tune_warmup_epochs`` train only the top ``fine_tune_warmup_stages``), frozen depthwise kernels
+and validation every ``validation_freq`` epochs.
 
 This module knows nothing of MLflow or Optuna: trackers and pruners come in as Keras callbacks.
 """
@@ -18,7 +18,6 @@ This module knows nothing of MLflow or Optuna: trackers and pruners come in as K
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,34 +76,6 @@ def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.sc
     )
 
 
-@keras.saving.register_keras_serializable(package="deepfake")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """The phase-2 learning rate at optimizer step ``step`` of a fit that starts ``offset`` steps into phase 2:
-    ``peak * (s + 1) / warmup_steps`` for the first ``warmup_steps`` steps ``s`` of the phase, then a cosine from
-    ``peak`` down to 0 at step ``total_steps`` (``train.fine_tune_schedule: cosine``).
-
-    The offset lets every fit of phase 2 (a resumed run, the second half of staged unfreezing: each compiles
-    a fresh optimizer whose step count starts at 0) continue on the same curve.
-    """
-
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, offset: int = 0):
-        self.peak, self.total_steps = float(peak), int(total_steps)
-        self.warmup_steps, self.offset = int(warmup_steps), int(offset)
-
-    def __call__(self, step: Any) -> Any:
-        s = keras.ops.cast(step, "float32") + float(self.offset)
-        warm = min(self.warmup_steps, self.total_steps)
-        progress = keras.ops.clip((s - warm) / float(max(self.total_steps - warm, 1)), 0.0, 1.0)
-        decay = 0.5 * self.peak * (1.0 + keras.ops.cos(math.pi * progress))
-        if warm == 0:
-            return decay
-        return keras.ops.where(s < warm, self.peak * (s + 1.0) / float(warm), decay)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "offset": self.offset}
-
-
 def check_speed_options(t: TrainConfig) -> None:
     """A one-line :class:`~deepfake.errors.DeepfakeError` for a bad phase-2 speed option."""
     if t.fine_tune_schedule not in SCHEDULES:
@@ -126,11 +97,11 @@ def steps_per_epoch(dataset: tf.data.Dataset) -> int:
     return int(dataset.reduce(0, lambda count, *_: count + 1))
 
 
-def fine_tune_learning_rate(t: TrainConfig, steps: int, start: int) -> float | WarmupCosine:
+def fine_tune_learning_rate(t: TrainConfig, steps: int, start: int) -> float | M.WarmupCosine:
     """The learning rate of a phase-2 fit that starts ``start`` epochs into the phase, ``steps`` batches an epoch."""
     if t.fine_tune_schedule == "constant":
         return t.fine_tune_learning_rate
-    return WarmupCosine(t.fine_tune_learning_rate, t.fine_tune_epochs * steps,
+    return M.WarmupCosine(t.fine_tune_learning_rate, t.fine_tune_epochs * steps,
                         min(t.fine_tune_lr_warmup_epochs, t.fine_tune_epochs) * steps, start * steps)
 
 

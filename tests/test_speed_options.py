@@ -73,14 +73,14 @@ class Record(keras.callbacks.Callback):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_on_one_curve_across_fits():
-    s = T.WarmupCosine(1.0, total_steps=10, warmup_steps=2)
+    s = M.WarmupCosine(1.0, total_steps=10, warmup_steps=2)
     rates = [float(s(step)) for step in range(11)]
     assert rates[:3] == pytest.approx([0.5, 1.0, 1.0])  # linear warm-up, then the cosine from the peak
     assert rates[6] == pytest.approx(0.5) and rates[10] == pytest.approx(0.0, abs=1e-7)
     assert all(a >= b for a, b in zip(rates[2:-1], rates[3:], strict=True))
-    later = T.WarmupCosine(1.0, total_steps=10, warmup_steps=2, offset=6)  # a fit starting 6 steps in
+    later = M.WarmupCosine(1.0, total_steps=10, warmup_steps=2, offset=6)  # a fit starting 6 steps in
     assert float(later(2)) == pytest.approx(rates[8])
-    assert T.WarmupCosine.from_config(later.get_config()).get_config() == later.get_config()
+    assert M.WarmupCosine.from_config(later.get_config()).get_config() == later.get_config()
     t = T.TrainConfig(fine_tune_learning_rate=1e-4, fine_tune_epochs=5, fine_tune_lr_warmup_epochs=1)
     assert T.fine_tune_learning_rate(t, steps=3, start=2) == 1e-4  # constant: today's flat rate
     t.fine_tune_schedule = "cosine"
@@ -135,7 +135,7 @@ def test_staged_unfreezing_cosine_schedule_and_sparse_validation_resume_in_the_r
     top1, top3 = {last}, {last - 2, last - 1, last}
     assert [seen[e][0] for e in (0, 1, 2)] == [top1, top1, top3]  # resumed into the top-stage half
     assert all(seen[e][1] for e in (0, 1, 2))  # BatchNorm frozen throughout
-    curve = T.WarmupCosine(1e-3, total_steps=3 * steps, warmup_steps=steps)
+    curve = M.WarmupCosine(1e-3, total_steps=3 * steps, warmup_steps=steps)
     for epoch in (0, 1, 2):  # one curve across the kill, the resume and the switch to every stage
         assert seen[epoch][2] == pytest.approx(float(curve(epoch * steps)), rel=1e-5)
     state = CK.read_state(ckpt)
