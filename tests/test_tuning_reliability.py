@@ -48,8 +48,13 @@ def output(proc) -> str:
     return proc.log.read()
 
 
+_STORAGES: dict = {}  # one RDBStorage (one connection pool) per URL: polling must not open a pool per call
+
+
 def load(storage, study):
-    return optuna.load_study(study_name=study, storage=storage)
+    if storage not in _STORAGES:
+        _STORAGES[storage] = optuna.storages.RDBStorage(storage)
+    return optuna.load_study(study_name=study, storage=_STORAGES[storage])
 
 
 def wait_for_trial(storage, study, reported=1, timeout=120):
