@@ -154,6 +154,9 @@ class TrainConfig:
     fine_tune_warmup_epochs: int = 0  # ... only these top stages, then all fine_tune_stages (0: no staging)
     fine_tune_depthwise: bool = True  # false: depthwise kernels stay frozen in phase 2 (EfficientNet; faster on CPU)
     validation_freq: int = 1  # phase 2 validates every k-th epoch (and its last); patience counts validations
+    # Keras backend: auto ($KERAS_BACKEND, else tensorflow) | tensorflow | jax | torch (deepfake/backend.py); set
+    # before Keras is imported, so it is read from the config files and the command line, not from a search space
+    backend: str = "auto"
 
 
 @dataclass
@@ -452,6 +455,8 @@ def validate(cfg: Config) -> None:
         bad("train.learning_rate", "must be positive")
     if t.mixed_precision not in ("auto", "off", "bfloat16", "float16"):
         bad("train.mixed_precision", "must be one of auto, off, bfloat16, float16")
+    if t.backend not in ("auto", "tensorflow", "jax", "torch"):
+        bad("train.backend", "must be one of auto, tensorflow, jax, torch")
     if t.jit_compile not in ("auto", "on", "off"):
         bad("train.jit_compile", "must be one of auto, on, off")
 

@@ -62,14 +62,14 @@ def check_images(predictor: Predictor, split: Any | None, n_random: int = 100,
     if split is None:
         return rng.uniform(0, 255, (n_random, size, size, 3)).astype("float32"), None, None
     from deepfake.config import DataConfig
+    from deepfake.input_pipeline import batches as batches_of
     from deepfake.input_pipeline import make_dataset
 
     pick = np.sort(rng.permutation(len(split.paths))[:CHECK_IMAGES])
     sub = split.subset(pick)
     cfg = DataConfig(image_size=size, batch_size=32, cache="none", fit=predictor.meta.fit,
                      test_crops=predictor.meta.test_crops)  # as Predictor.predict_split scores a split
-    batches = [[part.numpy() for part in batch] for batch in make_dataset(sub, cfg, training=False,
-                                                                          owners=predictor.crop)]
+    batches = list(batches_of(make_dataset(sub, cfg, training=False, owners=predictor.crop)))
     owners = np.concatenate([b[2] for b in batches]) if predictor.crop else None
     return (np.concatenate([b[0] for b in batches]).astype("float32"), np.asarray(sub.labels, dtype=int), owners)
 

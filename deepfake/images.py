@@ -29,6 +29,9 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 MIN_SIDE = 2
+# libjpeg's accurate integer IDCT (TensorFlow's default is the fast one): the one Pillow uses, so the TensorFlow and
+# the NumPy pipelines (deepfake.pixels) decode JPEGs to the same pixels.
+JPEG_IDCT = "INTEGER_ACCURATE"
 
 
 # --------------------------------------------------------------------------- checking
@@ -85,6 +88,13 @@ def read_error(path: str | Path, exc: OSError) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
+def tensorflow_backend() -> bool:
+    """Whether Keras runs on TensorFlow here (the ``tf.image`` decoder), else NumPy and Pillow decode."""
+    from deepfake.backend import current
+
+    return current() == "tensorflow"
+
+
 def decode_image(contents: bytes | tf.Tensor, image_size: int, fit: str = "resize") -> tf.Tensor:
     """Encoded bytes (JPEG/PNG/BMP/GIF by TensorFlow, WebP/TIFF by Pillow) -> float32 ``(S, S, 3)`` RGB in 0..255.
 
@@ -97,8 +107,13 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int, fit: str = "resiz
     Large JPEGs are downscaled while decoding (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never
     below the target size), which is both faster and an antialiased downscale; what remains
     (less than 2x) is a bilinear resize. Used by training and inference alike, so both see
-    identical pixels.
+    identical pixels. On the JAX and PyTorch backends :func:`deepfake.pixels.decode` decodes (NumPy out, the same
+    pixels).
     """
+    if not tensorflow_backend():
+        from deepfake import pixels
+
+        return pixels.decode(bytes(contents), image_size, fit)
     import tensorflow as tf
 
     contents = tf.convert_to_tensor(contents, dtype=tf.string)
@@ -106,11 +121,12 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int, fit: str = "resiz
 
     def jpeg():
         if fit == "crop":
-            return tf.io.decode_jpeg(contents, channels=3)
+            return tf.io.decode_jpeg(contents, channels=3, dct_method=JPEG_IDCT)
         shape = tf.image.extract_jpeg_shape(contents)
         short = tf.minimum(shape[0], shape[1])
         branch = tf.reduce_sum(tf.cast(short >= image_size * tf.constant([2, 4, 8]), tf.int32))
-        decoders = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in (1, 2, 4, 8)]
+        decoders = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r, dct_method=JPEG_IDCT)
+                    for r in (1, 2, 4, 8)]
         return tf.switch_case(branch, decoders)
 
     def other():
@@ -173,7 +189,14 @@ def crop_offsets(side: tf.Tensor, image_size: int, n: int) -> tf.Tensor:
 
 def crop_grid(image: tf.Tensor, image_size: int, n: int) -> tf.Tensor:
     """A decoded ``(H, W, 3)`` image (``fit="crop"``) -> its grid of ``S x S`` crops ``(K, S, S, 3)``, row by row:
-    :func:`crop_offsets` down and across (``K`` = 1 for an image of exactly ``S``; at most ``n * n``)."""
+    :func:`crop_offsets` down and across (``K`` = 1 for an image of exactly ``S``; at most ``n * n``). NumPy in and
+    out on the JAX and PyTorch backends."""
+    if not tensorflow_backend():
+        from deepfake import pixels
+
+        image = np.asarray(image)
+        return np.stack([image[y:y + image_size, x:x + image_size]
+                         for y, x in pixels.crop_grid_offsets(*image.shape[:2], image_size, n)])
     import tensorflow as tf
 
     shape = tf.shape(image)

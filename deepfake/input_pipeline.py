@@ -9,20 +9,20 @@ flips, each with its own stateless seed, so a seeded training run repeats exactl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deepfake.array_pipeline import ArrayDataset, cache_mode, synthetic_count
 from deepfake.config import AugmentConfig, DataConfig
 from deepfake.data import Split
-from deepfake.images import crop_grid, decode_image, random_crop
+from deepfake.images import JPEG_IDCT, crop_grid, decode_image, random_crop, tensorflow_backend
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-AUTO_CACHE_BYTES = 1 << 30  # "auto" caches decoded images in memory below 1 GiB
 CROP_SEED_OFFSET = 7919  # data.fit: crop: the random crops' seeds, apart from the augmentations'
 SYNTHETIC_SEED_OFFSET = 104729  # data.synthetic_fakes: the fakes' seeds, apart from the others'
 
@@ -68,7 +68,10 @@ def _jpeg_recompress(image, seed, cfg: AugmentConfig):
         return image
     u = tf.random.stateless_uniform([1], seed)[0]
     quality = tf.random.stateless_uniform([], seed + 1, cfg.jpeg_quality_min, 101, dtype=tf.int32)
-    compressed = tf.image.adjust_jpeg_quality(image / 255.0, quality) * 255.0
+    # tf.image.adjust_jpeg_quality, decoded with the accurate IDCT (deepfake.images.JPEG_IDCT) like deepfake.pixels
+    pixels = tf.image.convert_image_dtype(image / 255.0, tf.uint8, saturate=True)
+    encoded = tf.raw_ops.EncodeJpegVariableQuality(images=pixels, quality=quality)
+    compressed = tf.cast(tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_IDCT), tf.float32)
     compressed.set_shape(image.shape)
     return tf.where(u < cfg.jpeg_prob, compressed, image)
 
@@ -86,35 +89,6 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.T
 
 
 # --------------------------------------------------------------------------- pipeline
-
-
-def _cache_mode(split: Split, cfg: DataConfig, bytes_per_value: int = 4) -> str:
-    if cfg.cache != "auto":
-        return cfg.cache
-    nbytes = len(split) * _mean_pixels(split, cfg) * 3 * bytes_per_value
-    return "memory" if nbytes < AUTO_CACHE_BYTES else "none"
-
-
-def _mean_pixels(split: Split, cfg: DataConfig, sample: int = 32) -> int:
-    """The mean number of pixels a decoded image of ``split`` has: ``S * S`` (``data.fit: resize``), else estimated on
-    up to ``sample`` files spread over the split, read from their headers (at least ``S * S`` each)."""
-    floor = cfg.image_size * cfg.image_size
-    if cfg.fit != "crop" or not len(split):
-        return floor
-    from PIL import Image
-
-    step = max(1, len(split) // sample)
-    sizes = []
-    for path in split.paths[::step][:sample]:
-        try:
-            with Image.open(path) as img:
-                width, height = img.size
-            short = max(min(width, height), 1)
-            scale = max(1.0, cfg.image_size / short)  # decode_image resizes small images up
-            sizes.append(max(floor, int(width * scale) * int(height * scale)))
-        except Exception:  # noqa: BLE001 - an unreadable file is the decoder's to report; count it as S x S
-            sizes.append(floor)
-    return int(np.mean(sizes))
 
 
 def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
@@ -136,17 +110,23 @@ def make_dataset(split: Split, cfg: DataConfig, training: bool, seed: int = 42,
     random ``S x S`` crop per image and epoch (stateless, seeded: a seeded run repeats), before the shuffle; else
     every crop of each image's grid (:func:`deepfake.images.crop_grid`) becomes an element, and ``owners`` adds
     the index of the image each came from as a third element (:func:`predict_images` averages by it).
-    """
-    import tensorflow as tf
 
-    autotune = tf.data.AUTOTUNE
-    parallel = autotune if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
+    On the JAX and PyTorch backends the same batches come from NumPy and Pillow workers
+    (:class:`deepfake.array_pipeline.ArrayDataset`, a ``keras.utils.PyDataset``), without TensorFlow.
+    """
     synthetic = training and cfg.synthetic_fakes.kind != "none"
     # Face keypoints for self-blended fakes ride along with each image (data.fit: crop cuts anywhere: ellipses).
     if not synthetic or getattr(cfg, "fit", "resize") == "crop":
         keypoints = None
     elif keypoints is None:  # the caller may have found them already (to log the mask kinds)
         keypoints = synthetic_keypoints(split.paths, split.labels, cfg)
+    if not tensorflow_backend():
+        return ArrayDataset(split, cfg, training, seed=seed, cache_dir=cache_dir, owners=owners, mix=mix,
+                            keypoints=keypoints)
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    parallel = autotune if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
     epoch_labels: Sequence[int] = split.labels
     if training and mix and len(split.dataset_names()) > 1:
         ds, epoch_labels = _mixed(split, cfg, seed, mix, keypoints, parallel, cache_dir)
@@ -179,7 +159,7 @@ def _decoded(split: Split, keypoints: np.ndarray | None, cfg: DataConfig, traini
     labels = np.asarray(split.labels, dtype="float32")
     slices = (list(split.paths), labels) if keypoints is None else (list(split.paths), labels, keypoints)
     ds = tf.data.Dataset.from_tensor_slices(slices)
-    mode = _cache_mode(split, cfg, 1 if training else 4)
+    mode = cache_mode(split, cfg, 1 if training else 4)
     small = training and mode != "none"
 
     def load(path, label, *extra):
@@ -239,12 +219,6 @@ def synthetic_keypoints(paths: Sequence[str], labels: Sequence[int], cfg: DataCo
     from deepfake import synthetic
 
     return synthetic.training_keypoints(paths, labels, cfg)
-
-
-def synthetic_count(labels: Sequence[int], fraction: float) -> int:
-    """The synthetic fakes one epoch holds: ``floor(reals * fraction)`` (see :func:`_with_synthetic_fakes`)."""
-    reals = np.arange(int(np.sum(np.asarray(labels) == 0)), dtype=np.float64)
-    return int(np.sum(np.floor((reals + 1) * fraction) - np.floor(reals * fraction)))
 
 
 def _with_synthetic_fakes(ds: tf.data.Dataset, labels, cfg: DataConfig, seed: int,
@@ -318,14 +292,23 @@ def predict_images(predict: Callable[[np.ndarray], np.ndarray], split: Split, cf
     the pipeline's validation and evaluation and :meth:`deepfake.inference.Predictor.predict_split` use it."""
     crop = cfg.fit == "crop"
     probs, owner = [], []
-    for batch in make_dataset(split, cfg, training=False, seed=seed, cache_dir=cache_dir, owners=crop):
-        probs.append(np.asarray(predict(batch[0].numpy()), dtype="float64").reshape(-1))
+    for batch in batches(make_dataset(split, cfg, training=False, seed=seed, cache_dir=cache_dir, owners=crop)):
+        probs.append(np.asarray(predict(batch[0]), dtype="float64").reshape(-1))
         if crop:
-            owner.append(batch[2].numpy())
+            owner.append(batch[2])
     if not probs:
         return np.zeros((0,))
     probs = np.concatenate(probs)
     return mean_by_owner(probs, np.concatenate(owner), len(split)) if crop else probs
+
+
+def batches(dataset) -> Iterator[tuple[np.ndarray, ...]]:
+    """The batches of a dataset :func:`make_dataset` made (either pipeline), as tuples of NumPy arrays."""
+    if isinstance(dataset, ArrayDataset):
+        yield from dataset.iterate()
+        return
+    for batch in dataset:
+        yield tuple(np.asarray(part) for part in batch)
 
 
 def mean_by_owner(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:

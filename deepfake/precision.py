@@ -118,17 +118,10 @@ def _capability(cc: tuple[int, int] | None) -> str:
 
 
 def local_devices() -> list[Device]:
-    """The GPUs TensorFlow sees (name and compute capability), else this machine's CPU."""
-    import tensorflow as tf
+    """The GPUs the Keras backend sees (name and compute capability), else this machine's CPU."""
+    from deepfake import backend
 
-    devices = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            details = tf.config.experimental.get_device_details(gpu)
-        except (ValueError, RuntimeError):  # pragma: no cover - a GPU TensorFlow cannot describe
-            details = {}
-        cc = details.get("compute_capability")
-        devices.append(Device("gpu", details.get("device_name") or gpu.name, tuple(cc) if cc else None))
+    devices = [Device("gpu", name, cc) for name, cc in backend.gpus(backend.current())]
     if devices:
         return devices
     try:
@@ -153,24 +146,12 @@ def backend_defaults(environ: MutableMapping[str, str] | None = None) -> dict[st
 
 
 def backend_settings() -> dict[str, Any]:
-    """How TensorFlow's CPU runtime runs in this process (logged as run tags ``runtime.*``): oneDNN kernels on or
-    off, and the inter- and intra-op thread counts (``default``: TensorFlow's own choice, one per core)."""
-    import tensorflow as tf
+    """How the backend's CPU runtime runs in this process (logged as run tags ``runtime.*``): for TensorFlow oneDNN
+    kernels on or off and the inter- and intra-op thread counts (``default``: TensorFlow's own choice, one per
+    core); see :func:`deepfake.backend.settings`."""
+    from deepfake import backend
 
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
-    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow build without the probe
-        onednn = "unknown"
-    threading = tf.config.threading
-
-    def threads(configured: int, variable: str) -> str:
-        return str(configured or os.environ.get(variable) or "default")
-
-    return {"onednn": onednn,
-            "inter_op_threads": threads(threading.get_inter_op_parallelism_threads(), "TF_NUM_INTEROP_THREADS"),
-            "intra_op_threads": threads(threading.get_intra_op_parallelism_threads(), "TF_NUM_INTRAOP_THREADS")}
+    return backend.settings(backend.current())
 
 
 def configure_runtime(cfg: Config, devices: Sequence[Device] | None = None) -> dict[str, Any]:
@@ -178,10 +159,13 @@ def configure_runtime(cfg: Config, devices: Sequence[Device] | None = None) -> d
     what was used and why, logged as run tags ``runtime.*``.
 
     ``train.mixed_precision=auto`` is :func:`choose_precision`; ``off``, ``bfloat16`` and ``float16`` force
-    a policy. XLA only on GPUs (2-5x slower on CPU in ``benchmarks/bench_training.py``). The CPU runtime's
+    a policy. ``train.jit_compile=auto``: :func:`deepfake.backend.jit_default` (TensorFlow: XLA only on GPUs, 2-5x
+    slower on CPU in ``benchmarks/bench_training.py``; JAX: always; PyTorch: never). The CPU runtime's
     settings (:func:`backend_settings`: oneDNN, threads) are recorded with them.
     """
     import keras
+
+    from deepfake import backend
 
     devices = list(local_devices() if devices is None else devices)
     gpu = any(d.kind == "gpu" for d in devices)
@@ -192,9 +176,10 @@ def configure_runtime(cfg: Config, devices: Sequence[Device] | None = None) -> d
         policy, reason = POLICIES[precision], f"train.mixed_precision={precision}"
     keras.mixed_precision.set_global_policy(policy)
     jit = cfg.train.jit_compile
-    jit_compile = gpu if jit == "auto" else jit == "on"
+    name = backend.current()
+    jit_compile = backend.jit_default(name, gpu) if jit == "auto" else jit == "on"
     used = [d for d in devices if d.kind == ("gpu" if gpu else "cpu")] or devices
-    runtime = {"device": "gpu" if gpu else "cpu", "device_name": "; ".join(d.name for d in used),
+    runtime = {**backend.describe(), "device": "gpu" if gpu else "cpu", "device_name": "; ".join(d.name for d in used),
                "precision_policy": policy, "precision_reason": reason, "jit_compile": jit_compile}
     if gpu:
         runtime["compute_capability"] = ", ".join(_capability(d.compute_capability) for d in used)

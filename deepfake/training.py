@@ -90,6 +90,8 @@ def check_speed_options(t: TrainConfig) -> None:
 
 def steps_per_epoch(dataset: tf.data.Dataset) -> int:
     """Batches in one epoch of ``dataset``: its cardinality, else counted once (a warning: that reads it all)."""
+    if isinstance(dataset, keras.utils.PyDataset):  # the JAX and PyTorch backends' pipeline
+        return len(dataset)
     n = int(dataset.cardinality())
     if n >= 0:
         return n

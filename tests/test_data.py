@@ -10,6 +10,7 @@ from deepfake import config as C
 from deepfake import data as D
 from deepfake import images as IM
 from deepfake import input_pipeline as IP
+from deepfake.array_pipeline import cache_mode
 from deepfake.errors import DeepfakeError
 from tests.helpers import png_bomb, tiny_config
 
@@ -294,9 +295,9 @@ def test_training_shuffle_is_seeded(tiny_split_dataset):
 def test_cache_mode_auto_streams_large_datasets(tiny_split_dataset):
     cfg = dcfg(tiny_split_dataset)
     split = D.scan_dataset(cfg).splits["train"]
-    assert IP._cache_mode(split, cfg) == "memory"  # 16 images of 32 px: cached after decoding
+    assert cache_mode(split, cfg) == "memory"  # 16 images of 32 px: cached after decoding
     big = D.Split(split.paths * 20000, split.labels * 20000)  # 320k images would exceed 1 GiB
-    assert IP._cache_mode(big, cfg) == "none"  # streamed from disk every epoch
+    assert cache_mode(big, cfg) == "none"  # streamed from disk every epoch
     cfg_none = dcfg(tiny_split_dataset, "data.cache=none")
     assert sum(int(y.shape[0]) for _, y in IP.make_dataset(split, cfg_none, training=True)) == 16
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deepfake import __version__, backbones
+from deepfake.backend import BACKENDS
 from deepfake.errors import DeepfakeError
 
 if TYPE_CHECKING:
@@ -121,7 +122,10 @@ def quiet_backend_logs() -> None:
 @click.group(cls=DeepfakeGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="deepfake")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default=None,
+              help="Keras backend to run on: tensorflow (the default), jax or torch (sets KERAS_BACKEND; default: "
+                   "$KERAS_BACKEND, else a config's train.backend, else tensorflow).")
+def main(verbose: int, backend: str | None) -> None:
     """deepfake: train, tune, register and use a deepfake image detector (ResNet50, EfficientNet-Lite ...).
 
     \b
@@ -134,6 +138,8 @@ def main(verbose: int) -> None:
     set MLFLOW_TRACKING_URI or --tracking-uri to use a server).
     """
     quiet_backend_logs()
+    if backend:
+        use_backend(backend)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("deepfake").setLevel(min(level, logging.INFO))
@@ -208,7 +214,25 @@ def config_from_options(config_files: Sequence[str] = (), set_args: Sequence[str
         if value is None or name not in OPTION_TO_CONFIG:
             continue
         overrides = C.merge(overrides, C.nest({OPTION_TO_CONFIG[name]: value}))
-    return C.resolve(config_files, overrides, set_args)
+    cfg = C.resolve(config_files, overrides, set_args)
+    ctx = click.get_current_context(silent=True)
+    chosen = ctx.find_root().params.get("backend") if ctx is not None else None
+    if chosen:  # deepfake --backend wins over the config's train.backend
+        cfg.train.backend = chosen
+    elif cfg.train.backend == "auto" and os.environ.get("KERAS_BACKEND"):
+        cfg.train.backend = os.environ["KERAS_BACKEND"]
+    use_backend(cfg.train.backend)
+    return cfg
+
+
+def use_backend(setting: str) -> str:
+    """Choose the Keras backend (:func:`deepfake.backend.use`) and apply TensorFlow's CPU defaults before it loads."""
+    from deepfake import backend, precision
+
+    name = backend.use(setting)
+    if name == "tensorflow":
+        precision.backend_defaults()
+    return name
 
 
 def data_folders(values: str | Sequence[str] | None) -> list[str]:
