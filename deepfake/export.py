@@ -109,8 +109,51 @@ def _quantize_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray) -> 
 
 
 def to_onnx(model: Any, path: Path) -> None:
-    """The Keras model as an ONNX file (Keras' own export, through tf2onnx): the step every format starts from."""
+    """The Keras model as an ONNX file (Keras' own export: through tf2onnx on TensorFlow, ``torch.onnx`` on PyTorch,
+    elsewhere): the step every format starts from. On JAX the model is saved and exported by a child process on
+    TensorFlow or PyTorch, whichever is installed (:func:`_export_elsewhere`): jax2onnx's graph of ResNet50 is one
+    ONNX Runtime refuses (its max pooling). Either way the caller checks the file against this process's Keras."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        _export_elsewhere(model, path)
+        return
+    if not getattr(model, "_called", True):  # Keras exports only a model that has run once (a freshly loaded one)
+        model(np.zeros((1, *model.input_shape[1:]), dtype="float32"), training=False)
     model.export(str(path), format="onnx", verbose=False)
+
+
+def _export_elsewhere(model: Any, path: Path) -> None:
+    """``model`` as ONNX, exported by ``python -m deepfake.export`` on the first backend of TensorFlow and PyTorch
+    that is installed."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from deepfake import atomic
+
+    exporter = next((name for name in ("tensorflow", "torch") if importlib.util.find_spec(name)), None)
+    if exporter is None:
+        raise DeepfakeError("exporting a model from the jax backend needs TensorFlow or PyTorch installed to write "
+                            "the ONNX file: pip install 'deepfake[cpu]'")
+    with tempfile.TemporaryDirectory(prefix="deepfake-export-") as tmp:
+        saved = Path(tmp) / KERAS_FILE
+        atomic.save_model(model, saved)
+        env = {**os.environ, "KERAS_BACKEND": exporter, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        done = subprocess.run([sys.executable, "-m", "deepfake.export", str(saved), str(path)], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise DeepfakeError(f"the ONNX export on {exporter} failed: {last[:200]}")
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m deepfake.export SAVED.keras OUT.onnx``: the ONNX file of a saved detector, on this process's
+    backend (:func:`_export_elsewhere` runs it)."""
+    from deepfake.model import load_keras_model
+
+    to_onnx(load_keras_model(argv[0]), Path(argv[1]))
 
 
 def _to_openvino(onnx_path: Path, folder: Path) -> None:
@@ -210,3 +253,9 @@ def _check(fmt: str, expected: np.ndarray, got: np.ndarray, labels: np.ndarray |
         raise DeepfakeError(f"the {fmt} export disagrees with Keras on {len(keras_images)} images: "
                             f"{'; '.join(problems)}; nothing exported (try another --format)")
     return report
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
