@@ -147,7 +147,7 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int, fit: str = "resiz
     if fit == "crop":
         return _at_least(img, image_size)
     size = tf.shape(img)[:2]
-    big = tf.reduce_max(size) > 2 * image_size  # only non-JPEGs get here: antialias their large downscales
+    big = tf.reduce_max(size) > 2 * image_size  # what DCT scaling left large: antialias the downscale
     img = tf.cond(
         tf.reduce_all(tf.equal(size, image_size)),
         lambda: tf.cast(img, tf.float32),

@@ -6,10 +6,10 @@ Each function is the NumPy twin of the ``tf.image`` operation the TensorFlow pip
 
 * :func:`decode`: large JPEGs are downscaled while decoding by libjpeg's DCT scaling (Pillow's ``draft``, the same
   1/2, 1/4 or 1/8 that ``tf.io.decode_jpeg(ratio=...)`` picks from the short side), then :func:`resize_bilinear`
-  is ``tf.image.resize``'s bilinear (half-pixel centres); non-JPEGs over twice the size are downscaled with an
-  antialiasing triangle filter (Pillow's, ``tf.image.resize(antialias=True)``'s). Decoded JPEG pixels can differ
-  from TensorFlow's by a level or two (libjpeg's fast integer IDCT there, the accurate one here); everything
-  after decoding is equal to float rounding (tests/test_array_pipeline.py).
+  is ``tf.image.resize``'s bilinear (half-pixel centres); pictures whose long side is still over twice the size
+  are downscaled with an antialiasing triangle filter (Pillow's, ``tf.image.resize(antialias=True)``'s). Both
+  decode JPEGs with libjpeg's accurate integer IDCT (:data:`deepfake.images.JPEG_IDCT`), so the pixels are equal
+  to float rounding (tests/test_backends.py).
 * :func:`blur`, :func:`jpeg_recompress`, :func:`flip`, :func:`crop_offsets`: the augmentations and crops, given
   their drawn parameters; which parameters are drawn comes from each pipeline's own seeded generator.
 """
@@ -41,7 +41,7 @@ def decode(contents: bytes, image_size: int, fit: str = "resize") -> np.ndarray:
     height, width = rgb.shape[:2]
     if (height, width) == (image_size, image_size):
         return rgb.astype(np.float32)
-    if not jpeg and max(height, width) > 2 * image_size:
+    if max(height, width) > 2 * image_size:  # a long side DCT scaling left over twice the size, or a non-JPEG
         out = resize_antialias(rgb, image_size, image_size)
     else:
         out = resize_bilinear(rgb, image_size, image_size)
