@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from deepfake.config import FaceConfig
 
 MTCNN_MISSING = "face crops need the mtcnn package: pip install mtcnn"
+MTCNN_BACKEND = ("face detection (MTCNN) runs on the tensorflow backend only, not {backend}: run this with "
+                 "deepfake --backend tensorflow (or KERAS_BACKEND=tensorflow)")
 KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # MTCNN's order
 MIN_IMAGE_SIDE = 24  # smaller images are not searched (MTCNN's last stage looks at 48 px, its first at 12)
 MTCNN_ONET_THRESHOLD = 0.8  # MTCNN's default for its last stage
@@ -67,6 +69,10 @@ def _get_detector() -> Any:
     global _detector
     with _detector_lock:
         if _detector is None:
+            from deepfake.backend import current
+
+            if current() != "tensorflow":  # mtcnn builds its networks with Keras, on TensorFlow tensors
+                raise DeepfakeError(MTCNN_BACKEND.format(backend=current()))
             try:
                 from mtcnn import MTCNN
             except ModuleNotFoundError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,18 @@ log = logging.getLogger(__name__)
 
 
 def set_seeds(seed: int) -> None:
-    """Seed Python, NumPy and the backend (TensorFlow) in one call."""
+    """Seed Python, NumPy, Keras and the backend in one call (``keras.utils.set_random_seed``). Keras seeds
+    TensorFlow too whenever it is installed, importing it; on the JAX and PyTorch backends, which train without
+    TensorFlow, the import is refused for that call so that Keras skips it (and never tries again)."""
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    keras.utils.set_random_seed(seed)
+    hide = keras.backend.backend() != "tensorflow" and "tensorflow" not in sys.modules
+    if hide:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import fails: Keras' TF seeding is skipped
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        if hide:
+            del sys.modules["tensorflow"]
 
 
 SCHEDULES = ("constant", "cosine")  # train.fine_tune_schedule
