@@ -286,17 +286,20 @@ TRAIN_PREDICT = """
         "--tracking-uri", "sqlite:///mlflow.db", "--output-dir", "out", *{tiny!r},
         "--set", "data.augment.jpeg_prob=0.5", "--set", "data.synthetic_fakes.kind=sbi")
     run("predict", "--model", "out/model", "--output", "predictions.csv", {data!r} + "/test")
-    import keras
-    json.dump({{"backend": keras.backend.backend(),
-               "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf2onnx"))[:5]}},
-              open("modules.json", "w"))
+    import keras, mlflow
+    modules = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf2onnx"))[:5]
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["start_time ASC"], max_results=1).iloc[0]
+    tags = {{k[len("tags.runtime."):]: v for k, v in run.items() if k.startswith("tags.runtime.backend")}}
+    json.dump({{"backend": keras.backend.backend(), "tensorflow": modules, "tags": tags}}, open("modules.json", "w"))
 """
 
 
 def _train_predict_export(backend: str, tiny_split_dataset: Path, tmp_path: Path) -> None:
     run_python(TRAIN_PREDICT.format(data=str(tiny_split_dataset), tiny=list(TINY_ARGS)), backend, tmp_path, 1500)
     modules = json.loads((tmp_path / "modules.json").read_text())
-    assert modules == {"backend": backend, "tensorflow": []}  # trained and predicted without TensorFlow
+    assert modules["backend"] == backend and modules["tensorflow"] == []  # trained and predicted without TensorFlow
+    assert modules["tags"] == {"backend": backend, "backend_version": BK.version(backend)}  # run tags runtime.*
     rows = (tmp_path / "predictions.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(list((tiny_split_dataset / "test").rglob("*.jpg")))  # a header, then every image
     run_python("""
