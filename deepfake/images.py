@@ -16,16 +16,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deepfake import pixels
 from deepfake.errors import first_line
+from deepfake.pixels import IMAGE_FORMATS
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 # The one list of image file extensions: dataset scans, ``deepfake predict`` folders and messages use it.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# Pillow formats accepted (JPEG includes the multi-picture JPEGs, MPO, written by many cameras). Pillow
-# may only try these, so untrusted bytes never reach any other of its format parsers.
-IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 MIN_SIDE = 2
@@ -111,8 +110,6 @@ def decode_image(contents: bytes | tf.Tensor, image_size: int, fit: str = "resiz
     pixels).
     """
     if not tensorflow_backend():
-        from deepfake import pixels
-
         return pixels.decode(bytes(contents), image_size, fit)
     import tensorflow as tf
 
@@ -192,8 +189,6 @@ def crop_grid(image: tf.Tensor, image_size: int, n: int) -> tf.Tensor:
     :func:`crop_offsets` down and across (``K`` = 1 for an image of exactly ``S``; at most ``n * n``). NumPy in and
     out on the JAX and PyTorch backends."""
     if not tensorflow_backend():
-        from deepfake import pixels
-
         image = np.asarray(image)
         return np.stack([image[y:y + image_size, x:x + image_size]
                          for y, x in pixels.crop_grid_offsets(*image.shape[:2], image_size, n)])

@@ -20,7 +20,9 @@ import io
 
 import numpy as np
 
-from deepfake.images import IMAGE_FORMATS
+# Pillow formats accepted (JPEG includes the multi-picture JPEGs, MPO, written by many cameras). Pillow
+# may only try these, so untrusted bytes never reach any other of its format parsers (deepfake.images checks them).
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 
 def decode(contents: bytes, image_size: int, fit: str = "resize") -> np.ndarray:

@@ -8,6 +8,7 @@ keras = pytest.importorskip("keras")
 
 from deepfake import config as C  # noqa: E402
 from deepfake import model as M  # noqa: E402
+from deepfake import backend as BK  # noqa: E402
 from deepfake import precision as P  # noqa: E402
 from deepfake.precision import Device  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
@@ -59,7 +60,8 @@ def test_configure_runtime_applies_and_records_the_choice():
     runtime = P.configure_runtime(auto, [gpu((8, 9), "NVIDIA L4")])
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
     assert runtime == {"device": "gpu", "device_name": "NVIDIA L4", "compute_capability": "8.9",
-                       "precision_policy": "mixed_float16", "jit_compile": True,
+                       "precision_policy": "mixed_float16", "jit_compile": True, "backend": "tensorflow",
+                       "backend_version": BK.version("tensorflow"), "keras_version": keras.__version__,
                        "precision_reason": "GPU with tensor cores (compute capability >= 7.0): NVIDIA L4"}
     runtime = P.configure_runtime(auto, [P.parse_cpuinfo(EPYC)])
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
