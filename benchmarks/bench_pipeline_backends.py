@@ -2,10 +2,10 @@
 in images per second, next to what training consumes (benchmarks/results/backends.json, bench_backends.py).
 
 The dfdc_faces recipe's training pipeline (224 px face crops, JPEG re-compression 0.2, flips, self-blended fakes
-after half the reals, blended through face-mesh masks found before the clock starts) on LIMIT images spread over
-the dfdc-faces-dev training split (both classes): a cold epoch (files decoded and cached) then warm ones (from the cache: fakes and
-augmentations made anew). Each pipeline runs alone in a process of its own, with every core, as it would be ahead
-of training; the number to beat is 1.5x the training images/s (no starved steps).
+after half the reals, blended through face-mesh masks found before the clock starts) on LIMIT images spread
+over the dfdc-faces-dev training split (both classes): a cold epoch (files decoded and cached) then warm ones
+(from the cache: fakes and augmentations made anew). Each pipeline runs alone in a process of its own, with every
+core, as it would be ahead of training; the number to beat is 1.5x the training images/s (no starved steps).
 
     python benchmarks/bench_pipeline_backends.py [--data DIR] [--limit 512] [--epochs 3]
 """

@@ -302,11 +302,12 @@ def _train_predict_export(backend: str, tiny_split_dataset: Path, tmp_path: Path
     assert modules["tags"] == {"backend": backend, "backend_version": BK.version(backend)}  # run tags runtime.*
     rows = (tmp_path / "predictions.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(list((tiny_split_dataset / "test").rglob("*.jpg")))  # a header, then every image
-    run_python("""
+    data = str(tiny_split_dataset)
+    run_python(f"""
         from deepfake.cli import main
-        main(["export", "--model", "out/model", "--format", "onnx", "--out", "exported", "--data", %r],
+        main(["export", "--model", "out/model", "--format", "onnx", "--out", "exported", "--data", {data!r}],
              standalone_mode=False)
-    """ % str(tiny_split_dataset), backend, tmp_path)
+    """, backend, tmp_path)
     assert (tmp_path / "exported" / "model.onnx").is_file()
     meta = json.loads((tmp_path / "exported" / "model.meta.json").read_text())
     assert meta["format"] == "onnx"

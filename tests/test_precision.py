@@ -6,9 +6,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from deepfake import backend as BK  # noqa: E402
 from deepfake import config as C  # noqa: E402
 from deepfake import model as M  # noqa: E402
-from deepfake import backend as BK  # noqa: E402
 from deepfake import precision as P  # noqa: E402
 from deepfake.precision import Device  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
