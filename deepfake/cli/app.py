@@ -123,8 +123,8 @@ def quiet_backend_logs() -> None:
 @click.version_option(__version__, prog_name="deepfake")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default=None,
-              help="Keras backend to run on: tensorflow (the default), jax or torch (sets KERAS_BACKEND; default: "
-                   "$KERAS_BACKEND, else a config's train.backend, else tensorflow).")
+              help="Keras backend to run on: tensorflow (the default), jax or torch; sets KERAS_BACKEND. Without "
+                   "it: a config's train.backend, else $KERAS_BACKEND, else tensorflow.")
 def main(verbose: int, backend: str | None) -> None:
     """deepfake: train, tune, register and use a deepfake image detector (ResNet50, EfficientNet-Lite ...).
 
