@@ -65,7 +65,9 @@ name = BK.current()
 assert name == os.environ["KERAS_BACKEND"], (name, os.environ["KERAS_BACKEND"])
 cfg = C.resolve(config_files=[o["config"]], set_args=[
     f"model.backbone={o['model']}", "model.weights=none", "train.mixed_precision=off", f"train.jit_compile={o['jit']}",
-    f"data.image_size={o['size']}", f"data.batch_size={o['batch']}"])
+    f"data.image_size={o['size']}", f"data.batch_size={o['batch']}",
+    *([f"train.fine_tune_stages={o['stages']}", f"train.fine_tune_warmup_stages={min(o['stages'], 3) - 1}"]
+      if o["stages"] is not None else [])])
 stages = o["stages"] if o["stages"] is not None else cfg.train.fine_tune_stages
 depthwise = cfg.train.fine_tune_depthwise
 T.set_seeds(cfg.train.seed)
