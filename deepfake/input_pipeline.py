@@ -302,7 +302,7 @@ def predict_images(predict: Callable[[np.ndarray], np.ndarray], split: Split, cf
     return mean_by_owner(probs, np.concatenate(owner), len(split)) if crop else probs
 
 
-def batches(dataset) -> Iterator[tuple[np.ndarray, ...]]:
+def batches(dataset: ArrayDataset | tf.data.Dataset) -> Iterator[tuple[np.ndarray, ...]]:
     """The batches of a dataset :func:`make_dataset` made (either pipeline), as tuples of NumPy arrays."""
     if isinstance(dataset, ArrayDataset):
         yield from dataset.iterate()
