@@ -111,7 +111,6 @@ class ArrayDataset(keras.utils.PyDataset):
         self.mix = dict(mix) if training and mix and len(split.dataset_names()) > 1 else None
         self.epoch = 0
         self._plans: dict[int, np.ndarray] = {}
-        self.epoch_labels = self._epoch_labels()
 
     # ------------------------------------------------------------------ what an epoch holds
 
@@ -145,11 +144,6 @@ class ArrayDataset(keras.utils.PyDataset):
             choices += [k] * n
         return np.asarray([picks[k].popleft() for k in rng.permutation(np.asarray(choices, dtype=np.int64))],
                           dtype=np.int64)
-
-    def _epoch_labels(self) -> list[int]:
-        if self.mix is None:
-            return [int(v) for v in self.labels]
-        return [label for _members, label, n in self._groups() for _ in range(n)]
 
     def plan(self, epoch: int | None = None) -> np.ndarray:
         """One epoch's elements, int64 rows ``(source index, synthetic fake 0/1, crop y, crop x, seed)``: crop
