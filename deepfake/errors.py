@@ -15,6 +15,11 @@ class DeepfakeError(Exception):
     exit_code = 2
 
 
+class TooLarge(ValueError):
+    """An input over a size limit (bytes, pixels): its own error, as for any unusable input, which a server
+    answers with 413 rather than 422."""
+
+
 def exception_chain(exc: BaseException | None, *, suppressed_context: bool = True) -> Iterator[BaseException]:
     """``exc``, then each exception it was raised from (``__cause__``) or while handling (``__context__``),
     each once. ``suppressed_context=False`` stops where ``raise ... from None`` hid the context."""

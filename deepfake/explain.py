@@ -95,19 +95,25 @@ def head_gradient(head: keras.Model, features: np.ndarray) -> tuple[np.ndarray, 
     raise DeepfakeError(f"Grad-CAM does not know the {name} backend; use tensorflow, jax or torch")
 
 
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The heat map (jet colours) laid over the image, as uint8 RGB."""
+    from matplotlib import colormaps
+
+    img = np.clip(image, 0, 255).astype(np.uint8)
+    return (0.55 * img + 0.45 * 255 * colormaps["jet"](heat)[..., :3]).astype(np.uint8)
+
+
 def save_explanation(image: np.ndarray, heat: np.ndarray, label: str, probability: float, path: str | Path,
                      title: str = "") -> Path:
     """The image, the heat map over it, and the prediction, side by side."""
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     img = np.clip(image, 0, 255).astype(np.uint8)
-    overlay = (0.55 * img + 0.45 * 255 * colormaps["jet"](heat)[..., :3]).astype(np.uint8)
     fig = Figure(figsize=(8, 4.4), dpi=110)
     axes = fig.subplots(1, 2)
     axes[0].imshow(img)
     axes[0].set_title(title or "image", fontsize=9)
-    axes[1].imshow(overlay)
+    axes[1].imshow(overlay(img, heat))
     axes[1].set_title(f"Grad-CAM: predicted {label} (fake probability {probability:.3f})", fontsize=9)
     for ax in axes:
         ax.axis("off")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deepfake import pixels
-from deepfake.errors import first_line
+from deepfake.errors import TooLarge, first_line
 from deepfake.pixels import IMAGE_FORMATS
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 MIN_SIDE = 2
+TOO_LARGE = "too large"  # how check_bytes's problems over the pixel limit begin (input_error)
 # libjpeg's accurate integer IDCT (TensorFlow's default is the fast one): the one Pillow uses, so the TensorFlow and
 # the NumPy pipelines (deepfake.pixels) decode JPEGs to the same pixels.
 JPEG_IDCT = "INTEGER_ACCURATE"
@@ -52,18 +53,24 @@ def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
             with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    return f"too large: {width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+                    return (f"{TOO_LARGE}: {width}x{height} pixels exceeds the limit of {max_pixels} "
+                            "(decompression bomb?)")
                 if min(width, height) < MIN_SIDE:
                     return f"too small: {width}x{height} (need at least {MIN_SIDE} px per side)"
                 img.load()  # CMYK and YCbCr JPEGs, palette, grayscale and alpha images are converted to RGB
     except UnidentifiedImageError:
         return f"not an image in a supported format ({FORMAT_NAMES})"
     except Image.DecompressionBombError as exc:
-        return f"too large: {exc}"
+        return f"{TOO_LARGE}: {exc}"
     except (OSError, SyntaxError, ValueError) as exc:
         text = first_line(exc, 120)
         return "truncated image" if "truncated" in text.lower() else f"cannot decode: {text}"
     return None
+
+
+def input_error(problem: str) -> ValueError:
+    """The error for a :func:`check_bytes` problem: :class:`deepfake.errors.TooLarge` for one over the pixel limit."""
+    return (TooLarge if problem.startswith(TOO_LARGE) else ValueError)(problem)
 
 
 def check_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:

@@ -29,7 +29,8 @@ import numpy as np
 
 from deepfake import atomic, backbones
 from deepfake.calibration import apply_temperature
-from deepfake.errors import DeepfakeError, first_line
+from deepfake.errors import DeepfakeError, TooLarge, first_line
+from deepfake.images import DEFAULT_MAX_PIXELS
 from deepfake.runtimes import EXPORTED_FILES, OnnxModel, OpenVinoModel, load_exported
 from deepfake.video import is_video_bytes
 
@@ -60,14 +61,17 @@ class ModelMeta:
     video: dict = field(default_factory=dict)  # the VideoConfig it was trained with (frame sampling, aggregation)
     fit: str = "resize"  # data.fit: resize (older models), or crop: the mean over a grid of crops at full resolution
     test_crops: int = 3  # data.test_crops: for fit crop, at most this many crops per side
+    datasets: list[str] = field(default_factory=list)  # the folder names of the datasets it was trained on
 
     @classmethod
     def from_config(cls, cfg: Config, **fitted: Any) -> ModelMeta:
         """The metadata of a detector trained with ``cfg``; ``fitted``: what its training found (``threshold``,
         ``temperature``, ``weights_source``)."""
         d = cfg.data
+        datasets = [Path(p).name for p in (d.path, *d.extra_paths) if p]
         return cls(class_names=list(d.class_names), image_size=d.image_size, backbone=cfg.model.backbone,
-                   faces=asdict(d.faces), video=asdict(d.video), fit=d.fit, test_crops=d.test_crops, **fitted)
+                   faces=asdict(d.faces), video=asdict(d.video), fit=d.fit, test_crops=d.test_crops,
+                   datasets=datasets, **fitted)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelMeta:
@@ -150,6 +154,13 @@ def _is_image(raw: bytes) -> bool:
         return True
 
 
+def media_kind(raw: bytes) -> str | None:
+    """``"image"`` or ``"video"`` as the bytes' signature says (nothing decoded), or ``None`` for neither."""
+    if is_video_bytes(raw):
+        return "video"
+    return "image" if raw and _is_image(raw) else None
+
+
 def _read_path(text: str, access: PathAccess) -> bytes:
     """A file's bytes, as far as ``access`` allows; errors never repeat the path."""
     from deepfake.images import read_error
@@ -204,6 +215,35 @@ def _as_bytes(value: Any, access: PathAccess = True) -> bytes:
     raise ValueError(PATHS_REFUSED)
 
 
+def empty_row() -> dict[str, Any]:
+    """A prediction row before it is answered: every field ``deepfake predict`` and the server report."""
+    return {"fake_probability": None, "label": None, "error": None, "frames": None, "frame_probabilities": None,
+            "note": None}
+
+
+def keras_numpy(value: Any) -> np.ndarray:
+    """A model's output as a NumPy array (a backend tensor converted; arrays pass through)."""
+    if isinstance(value, np.ndarray):
+        return value
+    import keras
+
+    return keras.ops.convert_to_numpy(value)
+
+
+@dataclass
+class Prepared:
+    """One input decoded for scoring (:meth:`Predictor.prepare`): ``units`` are the pictures it is scored from, each
+    the ``(K, S, S, 3)`` rows whose mean raw output is that picture's (K = 1, or the crop grid of ``fit: crop``);
+    ``media`` tells where they came from (``None`` for an image scored as it is)."""
+
+    units: list[np.ndarray]
+    media: Media | None = None
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.media is None else self.media.kind
+
+
 class Predictor:
     """A loaded detector: ``predict_*`` methods return fake probabilities and labels.
 
@@ -219,6 +259,7 @@ class Predictor:
         self.model = keras_model
         self.meta = meta
         self.paths = paths
+        self.max_pixels = DEFAULT_MAX_PIXELS  # an image or video frame with more pixels is refused (TooLarge)
         # Face crops exactly as in training; video sampling and aggregation as in training unless changed
         # (``deepfake predict --frames/--aggregate``).
         self.faces = FaceConfig(**{k: v for k, v in meta.faces.items() if k in FaceConfig.__dataclass_fields__})
@@ -332,11 +373,11 @@ class Predictor:
         return np.asarray(crop_grid(image, self.image_size, n or self.meta.test_crops))
 
     def _decoded(self, raw: bytes, fit: str = "resize") -> np.ndarray:
-        from deepfake.images import check_bytes, decode_image
+        from deepfake.images import check_bytes, decode_image, input_error
 
-        problem = check_bytes(raw)
+        problem = check_bytes(raw, self.max_pixels)
         if problem:
-            raise ValueError(problem)
+            raise input_error(problem)
         try:
             return np.asarray(decode_image(raw, self.image_size, fit))
         except Exception as exc:  # noqa: BLE001 - any failure to decode a user's image is that row's error
@@ -352,9 +393,9 @@ class Predictor:
         if not video and not self.faces.enabled:
             return None
         if video and len(raw) > self.video.max_bytes:
-            raise ValueError(f"video too large: {len(raw) / 1e6:.1f} MB exceeds the limit of "
+            raise TooLarge(f"video too large: {len(raw) / 1e6:.1f} MB exceeds the limit of "
                              f"{self.video.max_bytes / 1e6:.1f} MB (data.video.max_bytes)")
-        return pictures_of(raw, self.faces, self.video)
+        return pictures_of(raw, self.faces, self.video, self.max_pixels)
 
     def decode_pictures(self, media: Media) -> np.ndarray:
         """Pictures -> ``(N, S, S, 3)`` float32 pixels, through the PNG bytes training cached them as."""
@@ -363,51 +404,71 @@ class Predictor:
 
         return np.stack([np.asarray(decode_image(encode_png(p), self.image_size)) for p in media.pictures])
 
-    def predict_pictures(self, media: Media, batch_size: int = 32) -> np.ndarray:
-        """The fake probability of each picture of ``media``, through the PNG bytes training cached them as."""
+    def prepare(self, raw: bytes) -> Prepared:
+        """Encoded image or video bytes -> what the detector scores of them (:class:`Prepared`), decoded as
+        training decoded them; raises ValueError (:class:`deepfake.errors.TooLarge` for one over a size limit)."""
         from deepfake.media import encode_png
 
+        media = self.pictures(raw)
+        if media is None:
+            scored = self.decode_scored(raw)
+            return Prepared([scored if self.crop else scored[None]])
         if self.crop:
-            return self.predict_crops([self.decode_crops(encode_png(p)) for p in media.pictures], batch_size)
-        return self.predict_arrays(self.decode_pictures(media), batch_size=batch_size)
+            return Prepared([self.decode_crops(encode_png(p)) for p in media.pictures], media)
+        return Prepared(list(self.decode_pictures(media)[:, None]), media)
+
+    def score_units(self, units: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """The units of :class:`Prepared` inputs (each ``(K, S, S, 3)``) -> one fake probability per unit: the mean
+        of the model's raw outputs over its K rows, calibrated (as :meth:`predict_arrays` and :meth:`predict_crops`
+        score them)."""
+        from deepfake.input_pipeline import mean_by_owner
+
+        if len(units) == 0:
+            return np.zeros((0,), dtype="float64")
+        owners = np.repeat(np.arange(len(units)), [len(u) for u in units])
+        x = np.concatenate(units).astype("float32", copy=False)
+        if len(x) <= batch_size and hasattr(self.model, "predict_on_batch"):
+            raw = self.model.predict_on_batch(x)  # one batch: without predict()'s per-call set-up
+        else:
+            raw = self.model.predict(x, batch_size=batch_size, verbose=0)
+        raw = np.asarray(keras_numpy(raw), dtype="float64").reshape(-1)
+        return self.calibrate(mean_by_owner(raw, owners, len(units)))
+
+    def answer(self, prepared: Prepared, probabilities: Sequence[float]) -> dict[str, Any]:
+        """One :meth:`predict_values` row from an input's :class:`Prepared` pictures and their probabilities."""
+        from deepfake.media import aggregate
+
+        row = empty_row()
+        media = prepared.media
+        p = float(probabilities[0]) if media is None else aggregate(probabilities, self.video)
+        row.update(fake_probability=p, label=self.label_of(p), frames=len(probabilities),
+                   frame_probabilities=[round(float(x), 6) for x in probabilities])
+        if media is not None and (media.limited or media.truncated):
+            row["note"] = (f"longer than the limit ({self.video.max_seconds:g} s or {self.video.max_frames} "
+                           "frames): sampled within its first part" if media.limited else
+                           "ended early (truncated or corrupt): its decodable frames used")
+        return row
 
     def predict_values(self, values: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
         """Any mix of paths/bytes/base64 (images or videos) -> one dict per input; bad inputs get ``error`` and a
         ``fake_probability`` of ``None`` (JSON null, never NaN). A video (or, with face crops, an image) is scored
         from its pictures: ``frames`` says how many, ``frame_probabilities`` holds each one's and
         ``fake_probability`` is their aggregate (``data.video.aggregate``)."""
-        from deepfake.media import aggregate
-
         rows: list[dict[str, Any]] = []
         for start in range(0, len(values), batch_size):
             chunk = values[start : start + batch_size]
-            images, good = [], []
-            out = [{"fake_probability": None, "label": None, "error": None, "frames": None,
-                    "frame_probabilities": None, "note": None} for _ in chunk]
+            out = [empty_row() for _ in chunk]
+            prepared: dict[int, Prepared] = {}
             for i, value in enumerate(chunk):
                 try:
-                    raw = _as_bytes(value, self.paths)
-                    media = self.pictures(raw)
-                    if media is None:
-                        images.append(self.decode_scored(raw))
-                        good.append(i)
-                        continue
-                    frame_probs = self.predict_pictures(media, batch_size=batch_size)
-                    p = aggregate(frame_probs, self.video)
-                    out[i].update(fake_probability=p, label=self.label_of(p), frames=len(frame_probs),
-                                  frame_probabilities=[round(float(x), 6) for x in frame_probs])
-                    if media.limited or media.truncated:
-                        out[i]["note"] = (f"longer than the limit ({self.video.max_seconds:g} s or "
-                                          f"{self.video.max_frames} frames): sampled within its first part"
-                                          if media.limited else
-                                          "ended early (truncated or corrupt): its decodable frames used")
+                    prepared[i] = self.prepare(_as_bytes(value, self.paths))
                 except (ValueError, OSError) as exc:
                     out[i]["error"] = str(exc)
-            if images:
-                probs = self.predict_decoded(images, batch_size)
-                for i, p in zip(good, probs, strict=True):
-                    out[i].update(fake_probability=float(p), label=self.label_of(float(p)), frames=1,
-                                  frame_probabilities=[round(float(p), 6)])
+            probabilities = self.score_units([u for p in prepared.values() for u in p.units], batch_size)
+            first = 0
+            for i, p in prepared.items():
+                out[i] = self.answer(p, probabilities[first : first + len(p.units)])
+                first += len(p.units)
             rows.extend(out)
         return rows
 

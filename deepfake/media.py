@@ -29,9 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from deepfake.config import DataConfig, FaceConfig, VideoConfig
-from deepfake.errors import first_line
-from deepfake.images import DEFAULT_MAX_PIXELS, check_bytes, check_image, decode_with_pillow
-from deepfake.video import VIDEO_EXTENSIONS, VideoError, check_video, is_video_bytes, sample_frames
+from deepfake.errors import TooLarge, first_line
+from deepfake.images import DEFAULT_MAX_PIXELS, check_bytes, check_image, decode_with_pillow, input_error
+from deepfake.video import (
+    VIDEO_EXTENSIONS,
+    VideoError,
+    VideoTooLarge,
+    check_video,
+    is_video_bytes,
+    sample_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +103,16 @@ def _frames_of(raw: bytes, video: VideoConfig, max_pixels: int = DEFAULT_MAX_PIX
     """An input's frames before any face crop: one for an image, the sampled ones for a video. Raises ValueError."""
     if is_video_bytes(raw):
         try:
-            sampled = sample_frames(raw, video)
+            sampled = sample_frames(raw, video, max_pixels=max_pixels)
+        except VideoTooLarge as exc:
+            raise TooLarge(str(exc)) from None
         except VideoError as exc:
             raise ValueError(str(exc)) from None
         return Media("video", list(sampled.frames), list(sampled.indices), len(sampled.frames), sampled.limited,
                      sampled.truncated)
     problem = check_bytes(raw, max_pixels)
     if problem:
-        raise ValueError(problem)
+        raise input_error(problem)
     return Media("image", [decode_with_pillow(raw)], [0])
 
 

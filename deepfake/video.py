@@ -50,6 +50,10 @@ class VideoError(DeepfakeError):
     the input's bytes."""
 
 
+class VideoTooLarge(VideoError):
+    """A video whose frames have more pixels than the limit."""
+
+
 @dataclass
 class SampledFrames:
     """Frames sampled from one video, in stream order."""
@@ -150,7 +154,7 @@ def _video_stream(container: Any, name: str, max_pixels: int) -> Any:
     stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > max_pixels:
-        raise VideoError(f"{name}too large: {width}x{height} pixels per frame exceeds the limit of {max_pixels}")
+        raise VideoTooLarge(f"{name}too large: {width}x{height} pixels per frame exceeds the limit of {max_pixels}")
     return stream
 
 

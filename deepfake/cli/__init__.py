@@ -12,6 +12,7 @@ from deepfake.cli import (  # noqa: F401,E402  (each module registers its comman
     register,
     report,
     sample,
+    serve,
     suite,
     train,
     tune,

@@ -156,3 +156,32 @@ def version_info(name: str, version: str) -> dict[str, Any]:
 def version_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
+
+
+def describe_model(uri: str) -> dict[str, Any]:
+    """What a served model's page shows about a registry or run URI: registered ``name`` and ``version`` (for
+    ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS``), ``run_id``, the ``datasets`` its run trained on (folder
+    names) and its test metrics (the version's ``test_*`` tags). Best effort: what the store cannot say is left
+    out."""
+    out: dict[str, Any] = {"uri": uri}
+    client = mlflow.MlflowClient()
+    try:
+        if uri.startswith("models:/") and not uri.startswith("models:/m-"):
+            ref = uri[len("models:/"):].split("/")
+            name = ref[0]
+            if "@" in name:
+                name, alias = name.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                mv = client.get_model_version(name, ref[1])
+            out |= {"name": name, "version": str(mv.version), "run_id": mv.run_id,
+                    "metrics": {k: v for k, v in mv.tags.items() if k.startswith("test_")}}
+        else:
+            out["run_id"] = model_run_id(uri)
+        if out.get("run_id"):
+            params = mlflow.get_run(out["run_id"]).data.params
+            paths = [params.get("data.path") or "", *(params.get("data.extra_paths") or "").split(",")]
+            out["datasets"] = [Path(p).name for p in paths if p]
+    except (mlflow.exceptions.MlflowException, *STORE_ERRORS, IndexError):
+        pass
+    return out
