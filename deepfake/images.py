@@ -34,6 +34,20 @@ TOO_LARGE = "too large"  # how check_bytes's problems over the pixel limit begin
 JPEG_IDCT = "INTEGER_ACCURATE"
 
 
+# The first bytes of each accepted format (WebP: RIFF....WEBP, checked apart).
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+              b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def signature_format(raw: bytes) -> str | None:
+    """The accepted image format the bytes' signature names (nothing decoded; a broken file still has one), or
+    ``None``."""
+    head = bytes(raw[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in SIGNATURES.items() if head.startswith(magic)), None)
+
+
 # --------------------------------------------------------------------------- checking
 
 

@@ -156,9 +156,11 @@ def _is_image(raw: bytes) -> bool:
 
 def media_kind(raw: bytes) -> str | None:
     """``"image"`` or ``"video"`` as the bytes' signature says (nothing decoded), or ``None`` for neither."""
+    from deepfake.images import signature_format
+
     if is_video_bytes(raw):
         return "video"
-    return "image" if raw and _is_image(raw) else None
+    return "image" if signature_format(raw) else None
 
 
 def _read_path(text: str, access: PathAccess) -> bytes:

@@ -65,3 +65,33 @@ def tune_args(env, study: str, n: int, *extra: str, space: object = None, storag
             "--n-trials", str(n), "--search-space", str(space or env.space), "--tracking-uri", uri or env.uri,
             "--experiment", TUNE_EXPERIMENT, "--output-dir", str(env.tmp / "out"),
             *(() if register else ("--no-register",)), *extra]
+
+
+class RunningServer:
+    """An ASGI app served by uvicorn in a thread on a free loopback port (``url``), for tests that need real HTTP:
+    concurrent clients, streamed bodies, a browser. ``with RunningServer(app) as server: ...``."""
+
+    def __init__(self, app: object, host: str = "127.0.0.1"):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on"))
+        self.url = ""
+
+    def __enter__(self) -> "RunningServer":
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

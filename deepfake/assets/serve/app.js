@@ -123,7 +123,7 @@ function showResult(card, file, result) {
   if (result.gradcam) {
     const heat = el("img", { class: "heat", alt: "Grad-CAM heat map: the regions that drove the verdict" });
     heat.src = result.gradcam;
-    card.querySelector(".media").append(heat);
+    card.querySelector(".media").append(el("figure", {}, heat, el("figcaption", {}, "what the model looked at")));
     body.append(el("p", { class: "note" }, "Heat map (Grad-CAM): red regions drove the fake probability most."));
   } else if (result.kind === "image" && !state.model.explains) {
     body.append(el("p", { class: "note" }, "This model (" + state.model.format + ") has no heat maps: serve the " +
@@ -133,11 +133,14 @@ function showResult(card, file, result) {
 
 function newCard(file) {
   const media = el("div", { class: "media" });
-  const url = URL.createObjectURL(file);
   if (file.type.startsWith("video/")) {
-    media.append(el("video", { src: url, controls: "", muted: "", preload: "metadata" }));
+    media.append(el("video", { src: URL.createObjectURL(file), controls: "", muted: "", preload: "metadata" }));
+  } else if (file.type.startsWith("image/")) {
+    const picture = el("img", { alt: "uploaded picture" });
+    picture.src = URL.createObjectURL(file);
+    media.append(el("figure", {}, picture, el("figcaption", {}, "uploaded")));
   } else {
-    media.append(el("img", { src: url, alt: "uploaded picture" }));
+    media.append(el("div", { class: "placeholder" }));
   }
   const card = el("article", { class: "card result", "data-status": "pending" }, media,
     el("div", { class: "body" }, el("div", { class: "name" }, file.name), el("p", { class: "note" }, "checking…")));
