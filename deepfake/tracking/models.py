@@ -158,11 +158,14 @@ def version_uri(name: str, version: str) -> str:
 
 
 
+SHOWN_METRICS = ("test_roc_auc", "test_average_precision", "test_accuracy", "test_eer", "test_n")
+
+
 def describe_model(uri: str) -> dict[str, Any]:
     """What a served model's page shows about a registry or run URI: registered ``name`` and ``version`` (for
     ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS``), ``run_id``, the ``datasets`` its run trained on (folder
-    names) and its test metrics (the version's ``test_*`` tags). Best effort: what the store cannot say is left
-    out."""
+    names) and its main test metrics (:data:`SHOWN_METRICS`, from the version's tags). Best effort: what the
+    store cannot say is left out."""
     out: dict[str, Any] = {"uri": uri}
     client = mlflow.MlflowClient()
     try:
@@ -175,7 +178,7 @@ def describe_model(uri: str) -> dict[str, Any]:
             else:
                 mv = client.get_model_version(name, ref[1])
             out |= {"name": name, "version": str(mv.version), "run_id": mv.run_id,
-                    "metrics": {k: v for k, v in mv.tags.items() if k.startswith("test_")}}
+                    "metrics": {k: float(mv.tags[k]) for k in SHOWN_METRICS if k in mv.tags}}
         else:
             out["run_id"] = model_run_id(uri)
         if out.get("run_id"):

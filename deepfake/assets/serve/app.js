@@ -54,7 +54,13 @@ async function loadModel() {
     ["format", model.format + (model.explains ? "" : " (no heat maps)")],
     ["videos", model.video.frames + " frames sampled, " + model.video.aggregate + " of their probabilities"],
   ];
-  for (const [key, value] of Object.entries(model.metrics || {})) rows.push([key, String(value)]);
+  const m = model.metrics || {};
+  const shown = [["ROC-AUC", m.test_roc_auc], ["AP", m.test_average_precision], ["accuracy", m.test_accuracy],
+    ["EER", m.test_eer]].filter(([, value]) => value !== undefined);
+  if (shown.length) {
+    rows.push(["test split", shown.map(([key, value]) => key + " " + value.toFixed(3)).join(", ") +
+      (m.test_n ? " (" + m.test_n + " images)" : "")]);
+  }
   if (model.uri) rows.push(["uri", model.uri]);
   for (const [key, value] of rows) details.append(el("dt", {}, key), el("dd", {}, value));
   const limits = model.limits;
