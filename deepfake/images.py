@@ -51,11 +51,12 @@ def signature_format(raw: bytes) -> str | None:
 # --------------------------------------------------------------------------- checking
 
 
-def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, load: bool = True) -> str | None:
     """Why these encoded bytes cannot be used as an image, or ``None`` if they can.
 
     Dimensions are read from the header *before* decoding, so a decompression bomb is refused
-    without allocating its pixels. Then the image is fully decoded to catch truncation.
+    without allocating its pixels. Then the image is fully decoded to catch truncation (``load=False``: not,
+    for a caller that decodes it next and reports what that decoding finds).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -71,7 +72,8 @@ def check_bytes(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
                             "(decompression bomb?)")
                 if min(width, height) < MIN_SIDE:
                     return f"too small: {width}x{height} (need at least {MIN_SIDE} px per side)"
-                img.load()  # CMYK and YCbCr JPEGs, palette, grayscale and alpha images are converted to RGB
+                if load:
+                    img.load()  # CMYK and YCbCr JPEGs, palette, grayscale and alpha images are converted to RGB
     except UnidentifiedImageError:
         return f"not an image in a supported format ({FORMAT_NAMES})"
     except Image.DecompressionBombError as exc:

@@ -1,8 +1,9 @@
 """Inference: the trained detector applied to files, bytes and base64 strings.
 
 A saved detector is a folder with ``model.keras`` (the Keras model, preprocessing inside)
-and ``model.meta.json`` (threshold chosen on validation, class names, image size). The
-same :func:`deepfake.images.decode_image` that fed training decodes and resizes here. A folder
+and ``model.meta.json`` (threshold chosen on validation, class names, image size). Images are decoded and
+resized by :func:`deepfake.pixels.decode`, the NumPy/Pillow twin of the :func:`deepfake.images.decode_image` that
+fed training (the same pixels, without TensorFlow's per-op overhead on one image at a time). A folder
 exported by :mod:`deepfake.export` holds ``model.onnx`` (ONNX Runtime) or ``model.xml``/``model.bin``
 (OpenVINO) instead, run by :mod:`deepfake.runtimes`.
 
@@ -375,15 +376,18 @@ class Predictor:
         return np.asarray(crop_grid(image, self.image_size, n or self.meta.test_crops))
 
     def _decoded(self, raw: bytes, fit: str = "resize") -> np.ndarray:
-        from deepfake.images import check_bytes, decode_image, input_error
+        from deepfake.images import check_bytes, input_error
+        from deepfake.pixels import decode
 
-        problem = check_bytes(raw, self.max_pixels)
+        problem = check_bytes(raw, self.max_pixels, load=False)  # the header; decoding finds the rest
         if problem:
             raise input_error(problem)
         try:
-            return np.asarray(decode_image(raw, self.image_size, fit))
+            return decode(raw, self.image_size, fit)
         except Exception as exc:  # noqa: BLE001 - any failure to decode a user's image is that row's error
-            raise ValueError(f"cannot decode image: {first_line(exc, 120)}") from None
+            text = first_line(exc, 120)
+            raise ValueError("truncated image" if "truncated" in text.lower() else f"cannot decode image: {text}") \
+                from None
 
     def pictures(self, raw: bytes) -> Media | None:
         """The pictures of one input as training made them (a video's sampled frames, the faces of an image or of
@@ -401,10 +405,10 @@ class Predictor:
 
     def decode_pictures(self, media: Media) -> np.ndarray:
         """Pictures -> ``(N, S, S, 3)`` float32 pixels, through the PNG bytes training cached them as."""
-        from deepfake.images import decode_image
         from deepfake.media import encode_png
+        from deepfake.pixels import decode
 
-        return np.stack([np.asarray(decode_image(encode_png(p), self.image_size)) for p in media.pictures])
+        return np.stack([decode(encode_png(p), self.image_size) for p in media.pictures])
 
     def prepare(self, raw: bytes) -> Prepared:
         """Encoded image or video bytes -> what the detector scores of them (:class:`Prepared`), decoded as

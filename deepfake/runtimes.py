@@ -22,6 +22,10 @@ OPENVINO_WEIGHTS = "model.bin"
 EXPORTED_FILES = (ONNX_FILE, OPENVINO_FILE, OPENVINO_WEIGHTS)
 
 
+# What scores the pictures of a model `deepfake serve` serves (deepfake.server.openvino_scorer).
+SERVE_RUNTIMES = ("auto", "keras", "openvino", "openvino-bf16")
+
+
 class OnnxModel:
     """An ONNX Runtime session (CPU)."""
 

@@ -28,10 +28,12 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fastapi import FastAPI, Request  # at module level: FastAPI reads the routes' annotations from its globals
 from fastapi.responses import JSONResponse, Response
 
@@ -39,6 +41,7 @@ from deepfake.batching import Admission, Busy, MicroBatcher
 from deepfake.errors import DeepfakeError, TooLarge
 from deepfake.images import DEFAULT_MAX_PIXELS
 from deepfake.inference import empty_row, media_kind
+from deepfake.runtimes import SERVE_RUNTIMES
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -80,6 +83,8 @@ class ServeConfig:
     max_video_bytes: int = 0  # a video larger than this is answered 413; 0: the model's data.video.max_bytes
     max_pixels: int = DEFAULT_MAX_PIXELS  # an image (or video frame) with more pixels is answered 413
     explain: bool = True  # heat maps on request (Keras models)
+    runtime: str = "auto"  # what scores: auto (OpenVINO f32 for a Keras model), keras, openvino, openvino-bf16
+    cache_dir: str = ".cache/serve"  # where a Keras model's OpenVINO conversion is kept for the next start
 
     def check(self) -> None:
         """Refuse what would serve unsafely or not at all, naming the option."""
@@ -89,6 +94,8 @@ class ServeConfig:
             raise DeepfakeError(f"--host {self.host}: anyone who can reach this address could use the model; give "
                                 f"--token TOKEN (or set {TOKEN_ENV}) so that clients must send it, or --no-auth to "
                                 "serve it openly")
+        if self.runtime not in SERVE_RUNTIMES:
+            raise DeepfakeError(f"--runtime {self.runtime}: use one of {', '.join(SERVE_RUNTIMES)}")
         for name in ("max_batch", "queue", "max_files", "max_image_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise DeepfakeError(f"--{name.replace('_', '-')}: must be at least 1")
@@ -111,11 +118,57 @@ class RequestTooLarge(Exception):
     """The request body went over the limit while it was read."""
 
 
-class Service:
-    """The served detector and what answers requests: the decode pool, the micro-batcher, the admission."""
+def openvino_scorer(predictor: Predictor, cfg: ServeConfig,
+                    echo: Callable[[str], None] = lambda line: None) -> Predictor | None:
+    """What scores a Keras model's pictures when ``cfg.runtime`` asks for speed: the model converted to OpenVINO by
+    :func:`deepfake.export.export`, which checks it against Keras first, kept in ``cfg.cache_dir`` keyed by the
+    model's architecture, weights and metadata so that the next start reuses it. ``auto`` and ``openvino`` run it in
+    float32 (the Keras model's probabilities to about 1e-7), ``openvino-bf16`` in bfloat16 on CPUs that have it
+    (about twice as fast, probabilities within the export check's tolerance). ``None``: score with the model itself
+    (runtime keras, an exported model, or a conversion that failed under ``auto``)."""
+    import hashlib
+    import json
 
-    def __init__(self, predictor: Predictor, cfg: ServeConfig, info: dict[str, Any] | None = None):
+    from deepfake.export import export
+    from deepfake.inference import Predictor as Loaded
+
+    if cfg.runtime == "keras" or predictor.is_exported:
+        if cfg.runtime.startswith("openvino"):
+            raise DeepfakeError(f"--runtime openvino: this model is already exported ({predictor.meta.format}); "
+                                "serve it as it is (--runtime auto)")
+        return None
+    model = predictor.model
+    digest = hashlib.sha256(json.dumps([model.get_config(), asdict(predictor.meta)], sort_keys=True,
+                                       default=str).encode())
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    fmt = "openvino" if cfg.runtime == "auto" else cfg.runtime
+    folder = Path(cfg.cache_dir) / f"{fmt}-{digest.hexdigest()[:20]}"
+    try:
+        if not (folder / "model.xml").is_file():
+            echo(f"Converting the model to {fmt} for faster scoring (once; kept in {folder}) ...")
+            report = export(predictor, folder, fmt)
+            echo(f"Converted: max abs difference from Keras {report['max_abs_diff']:.1e} on "
+                 f"{report['n_checked']} images.")
+        scorer = Loaded.from_dir(folder)
+    except DeepfakeError as exc:
+        if cfg.runtime != "auto":
+            raise
+        echo(f"Warning: scoring with Keras; the OpenVINO conversion failed ({exc})")
+        return None
+    scorer.video, scorer.faces = predictor.video, predictor.faces
+    return scorer
+
+
+class Service:
+    """The served detector and what answers requests: the decode pool, the micro-batcher, the admission.
+    ``scorer`` (:func:`openvino_scorer`) scores the pictures when given; ``predictor`` decodes them, answers and
+    draws the heat maps."""
+
+    def __init__(self, predictor: Predictor, cfg: ServeConfig, info: dict[str, Any] | None = None,
+                 scorer: Predictor | None = None):
         self.predictor = predictor
+        self.scorer = scorer or predictor
         predictor.max_pixels = cfg.max_pixels
         self.cfg = cfg
         self.video_bytes = cfg.max_video_bytes or predictor.video.max_bytes
@@ -124,7 +177,7 @@ class Service:
         self.admission = Admission(cfg.queue)
         self.decoders = ThreadPoolExecutor(cfg.decode_workers or os.cpu_count() or 1, thread_name_prefix="decode")
         self.explainer = ThreadPoolExecutor(1, thread_name_prefix="gradcam")
-        self.batcher = MicroBatcher(lambda units: predictor.score_units(units, cfg.max_batch), cfg.max_batch,
+        self.batcher = MicroBatcher(lambda units: self.scorer.score_units(units, cfg.max_batch), cfg.max_batch,
                                     cfg.max_wait_ms / 1000)
 
     def _describe(self, info: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +188,7 @@ class Service:
             "metrics": info.get("metrics") or {}, "threshold": meta.threshold,
             "threshold_method": meta.threshold_method, "class_names": list(meta.class_names),
             "backbone": meta.backbone, "image_size": meta.image_size, "format": meta.format, "fit": meta.fit,
+            "runtime": self.scorer.meta.format if self.scorer is not self.predictor else "keras",
             "faces": bool(self.predictor.faces.enabled),
             "video": {"frames": self.predictor.video.frames, "aggregate": self.predictor.video.aggregate},
             "explains": self.explains,
@@ -253,14 +307,16 @@ def too_large_message(limit: int) -> str:
     return f"request too large: over the limit of {limit / 1e6:.0f} MB"
 
 
-def create_app(predictor: Predictor, cfg: ServeConfig | None = None, info: dict[str, Any] | None = None) -> FastAPI:
-    """The FastAPI application serving ``predictor`` (``info``: what the registry says of it, for the page)."""
+def create_app(predictor: Predictor, cfg: ServeConfig | None = None, info: dict[str, Any] | None = None,
+               scorer: Predictor | None = None) -> FastAPI:
+    """The FastAPI application serving ``predictor`` (``info``: what the registry says of it, for the page;
+    ``scorer``: what scores its pictures, :func:`openvino_scorer`)."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
     cfg = cfg or ServeConfig()
     cfg.check()
-    service = Service(predictor, cfg, info)
+    service = Service(predictor, cfg, info, scorer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -360,10 +416,11 @@ async def _read_uploads(request: Request, max_files: int) -> list[bytes] | str:
         return [await f.read() for f in files]
 
 
-def serve_forever(predictor: Predictor, cfg: ServeConfig, info: dict[str, Any] | None = None) -> None:
+def serve_forever(predictor: Predictor, cfg: ServeConfig, info: dict[str, Any] | None = None,
+                  scorer: Predictor | None = None) -> None:
     """Serve until interrupted (uvicorn; at most ``4 * queue`` connections, more are answered 503)."""
     import uvicorn
 
-    app = create_app(predictor, cfg, info)
+    app = create_app(predictor, cfg, info, scorer)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", server_header=False,
                 limit_concurrency=4 * cfg.queue, timeout_keep_alive=5)

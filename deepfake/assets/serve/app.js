@@ -51,7 +51,8 @@ async function loadModel() {
     ["backbone", model.backbone + ", " + model.image_size + " px" + (model.faces ? ", face crops" : "") +
       (model.fit === "crop" ? ", crops at full resolution" : "")],
     ["threshold", model.threshold.toFixed(4) + " (" + model.threshold_method + ", chosen on validation)"],
-    ["format", model.format + (model.explains ? "" : " (no heat maps)")],
+    ["format", model.format + (model.runtime !== model.format ? ", scored by " + model.runtime : "") +
+      (model.explains ? "" : " (no heat maps)")],
     ["videos", model.video.frames + " frames sampled, " + model.video.aggregate + " of their probabilities"],
   ];
   const m = model.metrics || {};
