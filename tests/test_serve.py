@@ -324,3 +324,30 @@ def test_serve_and_the_pyfunc_answer_the_same_probability_for_the_same_picture(t
     assert served == pytest.approx(from_pyfunc, abs=1e-6)
     assert (described["name"], described["version"]) == ("serve-test", version)
     assert described["datasets"] == [Path(tiny_split_dataset).name] and described["uri"] == uri
+
+
+# --------------------------------------------------------------------------- the OpenVINO runtime
+
+
+def test_a_keras_model_is_scored_by_its_openvino_conversion_made_once(predictor, tmp_path, one_onnx_conversion,
+                                                                      monkeypatch):
+    from deepfake import export as X
+    from deepfake.server import openvino_scorer
+
+    cfg = ServeConfig(cache_dir=str(tmp_path / "cache"))
+    scorer = openvino_scorer(predictor, cfg)
+    assert scorer is not None and scorer.is_exported and scorer.meta.format == "openvino"
+    images = [jpeg(50 + i) for i in range(5)]
+    units = [u for raw in images for u in predictor.prepare(raw).units]
+    assert scorer.score_units(units) == pytest.approx(predictor.score_units(units), abs=1e-5)
+    monkeypatch.setattr(X, "export", lambda *a, **k: pytest.fail("converted again"))
+    assert openvino_scorer(predictor, cfg) is not None  # the next start reads the cache
+    assert openvino_scorer(predictor, ServeConfig(runtime="keras")) is None
+    with pytest.raises(DeepfakeError, match="already exported"):
+        openvino_scorer(scorer, ServeConfig(runtime="openvino"))
+    with RunningServer(create_app(predictor, ServeConfig(), scorer=scorer)) as running:
+        result = post(running, images[0], params={"explain": "true"}).json()["results"][0]
+        assert requests.get(f"{running.url}/api/model", timeout=30).json()["runtime"] == "openvino"
+    (expected,) = predictor.predict_values([images[0]])
+    assert result["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-5)
+    assert result["gradcam"].startswith("data:image/png")  # heat maps still come from the Keras model
