@@ -9,7 +9,8 @@ package imports it.
 Input: a DataFrame with an ``image`` column of raw encoded bytes or base64 strings (any mix).
 Output: ``fake_probability`` (``None`` when the row could not be answered), ``label`` (at the
 threshold stored with the model) and ``error`` (empty when the row was answered). Decoding and
-resizing are the training pipeline's own (:func:`deepfake.images.decode_image`).
+resizing give the training pipeline's pixels (:func:`deepfake.pixels.decode`, the twin of
+:func:`deepfake.images.decode_image`).
 """
 
 from __future__ import annotations
