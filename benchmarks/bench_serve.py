@@ -8,11 +8,15 @@ resident memory of the server's whole process tree (sampled every 0.2 s). The so
 `deepfake serve`, 10 % of them malformed (random bytes, a cut JPEG, text, an empty body, a PNG signature before
 garbage): no 5xx, the server up at the end, and its memory after warm-up against its memory at the end.
 
-    python benchmarks/bench_serve.py                       # after `make demo`: the demo champion, and a 224 px ResNet50
-    python benchmarks/bench_serve.py -n 24 --soak 60 --no-224   # a quick check
+    python benchmarks/bench_serve.py             # after `make demo`: the demo champion, and a 224 px ResNet50
+    python benchmarks/bench_serve.py --image-size 64 224 --no-champion   # only random-weight ResNet50s
+    python benchmarks/bench_serve.py -n 24 --soak 60 --image-size 64 --no-champion   # a quick check
 
-The demo champion is read from the working directory's tracking store (sqlite:///mlflow.db); the 224 px case builds
-a ResNet50 with random weights (the speed does not depend on them) and registers it in a temporary store.
+The demo champion is read from the working directory's tracking store (sqlite:///mlflow.db); each ``--image-size``
+case builds a ResNet50 with random weights (``model.weights=none``, no download; the speed does not depend on them)
+and registers it in a temporary store, so that both servers load the same ``models:/bench-serve-SIZE/1``. The soak
+runs on the first case's model. The exit status is 1 when the soak saw a 5xx (or a failed request) or the server
+was down at its end.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -120,18 +125,21 @@ def start(kind: str, model: str, tracking_uri: str, extra: tuple[str, ...] = (),
         health = "/healthz"
     server = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"{kind} server exited with code {server.returncode}: {' '.join(cmd)}")
-        try:
-            if requests.get(url + health, timeout=2).status_code == 200:
-                return server, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise RuntimeError(f"{kind} server did not answer within 600 s")
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"{kind} server exited with code {server.returncode}: {' '.join(cmd)}")
+            try:
+                if requests.get(url + health, timeout=2).status_code == 200:
+                    return server, url
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{kind} server did not answer within 600 s: {' '.join(cmd)}")
+    except BaseException:  # not started (or interrupted): never leave it running
+        stop(server)
+        raise
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -200,8 +208,8 @@ def malformed(i: int, good: bytes) -> bytes:
 # --------------------------------------------------------------------------- models
 
 
-def model_224(folder: Path) -> tuple[str, str, float]:
-    """A 224 px ResNet50 detector (random weights) registered in a new store under ``folder``: (URI, tracking URI,
+def random_resnet50(folder: Path, size: int) -> tuple[str, str, float]:
+    """A ``size`` px ResNet50 detector (random weights) registered in the store under ``folder``: (URI, tracking URI,
     GMACs per image)."""
     from deepfake import config as C
     from deepfake import tracking
@@ -209,16 +217,25 @@ def model_224(folder: Path) -> tuple[str, str, float]:
     from deepfake.model import build_model
 
     uri_store = f"sqlite:///{folder}/mlflow.db"
-    cfg = C.resolve(set_args=["data.image_size=224", "model.weights=none", f"tracking.tracking_uri={uri_store}",
+    cfg = C.resolve(set_args=[f"data.image_size={size}", "model.weights=none", f"tracking.tracking_uri={uri_store}",
                               "tracking.experiment=bench-serve"])
     model = build_model(cfg)
-    meta = ModelMeta(image_size=224)
-    saved = save_detector(model, meta, folder / "model")
+    meta = ModelMeta(image_size=size)
+    saved = save_detector(model, meta, folder / f"model-{size}")
     tracking.setup(cfg.tracking)
-    with tracking.start_run("bench-serve"):
+    with tracking.start_run(f"bench-serve-{size}"):
         logged = tracking.log_model(pyfunc_artifacts(saved), *example_frames(meta), pip_requirements(meta))
-    version = tracking.register_model(logged, "bench-serve-224")
-    return f"models:/bench-serve-224/{version}", uri_store, gmacs(model)
+    version = tracking.register_model(logged, f"bench-serve-{size}")
+    return f"models:/bench-serve-{size}/{version}", uri_store, gmacs(model)
+
+
+def absolute_store(uri: str) -> str:
+    """A relative SQLite store (``sqlite:///mlflow.db``) as an absolute one, so that it means the same from any
+    working directory."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 def champion_gmacs(uri: str, tracking_uri: str) -> float:
@@ -227,7 +244,12 @@ def champion_gmacs(uri: str, tracking_uri: str) -> float:
     from deepfake.inference import load_predictor
 
     tracking.setup(TrackingConfig(tracking_uri=tracking_uri))
-    return gmacs(load_predictor(tracking.local_model(uri)).model)
+    try:
+        local = tracking.local_model(uri)
+    except Exception as exc:  # noqa: BLE001 - any failure to resolve it means the same to the user
+        sys.exit(f"--champion {uri}: not found in {tracking_uri} ({type(exc).__name__}: {exc}); run `make demo` "
+                 "first, or pass --no-champion")
+    return gmacs(load_predictor(local).model)
 
 
 # --------------------------------------------------------------------------- main
@@ -241,20 +263,39 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=DEFAULT_DATA, help="folder of JPEGs to upload")
     parser.add_argument("--champion", default="models:/deepfake-detector@champion")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
-    parser.add_argument("--no-224", action="store_true", help="skip the 224 px ResNet50 case")
+    parser.add_argument("--no-champion", action="store_true", help="skip the demo champion case")
+    parser.add_argument("--image-size", type=int, nargs="*", default=[224], metavar="S",
+                        help="a random-weight ResNet50 case per size (none: only the champion)")
     args = parser.parse_args()
 
-    files = sorted(args.images.rglob("*.jpg"))[:50] if args.images.is_dir() else []
+    if not args.images.is_dir():
+        sys.exit(f"--images {args.images}: no such folder; give a folder of JPEG pictures (searched recursively)")
+    files = sorted(args.images.rglob("*.jpg"))[:50]
     if not files:
         sys.exit(f"--images {args.images}: no .jpg files there; give a folder of JPEG pictures")
+    if args.no_champion and not args.image_size:
+        sys.exit("nothing to measure: --no-champion and no --image-size")
+    args.tracking_uri = absolute_store(args.tracking_uri)  # the servers run in a temporary folder
+    temp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        soak = run(args, files, temp)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    if soak and (soak["server_errors"] or not soak["up_at_end"]):
+        sys.exit(f"soak failed: {soak['server_errors']} 5xx or failed requests, up at the end: {soak['up_at_end']}")
+
+
+def run(args: argparse.Namespace, files: list[Path], temp: Path) -> dict:
+    """Measure every case, soak, write the results; return the soak's figures."""
     bodies = [p.read_bytes() for p in files]
     timed = [bodies[i % len(bodies)] for i in range(args.n)]
     warm = bodies[: 2 * args.concurrency]
-    temp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    cases = [(f"demo champion, {args.champion}", args.champion, args.tracking_uri,
-              champion_gmacs(args.champion, args.tracking_uri))]
-    if not args.no_224:
-        cases.append(("ResNet50, 224 px (random weights)", *model_224(temp)))
+    cases = []
+    if not args.no_champion:
+        cases.append((f"demo champion, {args.champion}", args.champion, args.tracking_uri,
+                      champion_gmacs(args.champion, args.tracking_uri)))
+    for size in args.image_size:
+        cases.append((f"ResNet50, {size} px (random weights)", *random_resnet50(temp, size)))
     rows = []
     soak_url = soak_model = None
     servers = [("mlflow models serve", "mlflow", ()), ("deepfake serve", "deepfake", ()),
@@ -295,7 +336,7 @@ def main() -> None:
                          for i in range(args.soak)]
             warm_n = min(200, args.soak // 4)
             with MemorySampler(server.pid) as memory:
-                load(send, requests_[:warm_n], args.concurrency)
+                _, warm_statuses, _ = load(send, requests_[:warm_n], args.concurrency)
                 time.sleep(0.5)
                 after_warm_up = tree_rss_mib(server.pid)
                 memory.reset_peak()
@@ -304,14 +345,19 @@ def main() -> None:
                 at_end = tree_rss_mib(server.pid)
             import requests
 
-            up = requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+            try:
+                up = requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+            except (requests.RequestException, ValueError, KeyError):
+                up = False
         finally:
             stop(server)
+        statuses += warm_statuses  # every answer counts, the warm-up's too
         fives = sum(v for k, v in statuses.items() if not isinstance(k, int) or k >= 500)
         soak = {"model": soak_model, "requests": args.soak,
                 "malformed": sum(1 for i in range(args.soak) if i % 10 == 9),
                 "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)}, "server_errors": fives,
                 "up_at_end": up, "rss_after_warm_up_mib": round(after_warm_up), "rss_at_end_mib": round(at_end),
+                "rss_growth_mib": round(at_end - after_warm_up, 1),
                 "peak_after_warm_up_mib": round(memory.peak), "requests_per_s": round((args.soak - warm_n) / wall, 1)}
     size_kb = sum(map(len, bodies)) / len(bodies) / 1024
     notes = (f"Uploads: {len(files)} JPEGs from {args.images.name} ({size_kb:.0f} KB on average), cycled; "
@@ -327,9 +373,11 @@ def main() -> None:
                   f"before garbage). Answers: {soak['statuses']}; 5xx or failed requests: {soak['server_errors']}; "
                   f"up at the end: {soak['up_at_end']}; resident memory after the first {min(200, args.soak // 4)} "
                   f"requests {soak['rss_after_warm_up_mib']} MiB, peak after that "
-                  f"{soak['peak_after_warm_up_mib']} MiB, at the end {soak['rss_at_end_mib']} MiB; "
+                  f"{soak['peak_after_warm_up_mib']} MiB, at the end {soak['rss_at_end_mib']} MiB (growth "
+                  f"{soak['rss_growth_mib']} MiB); "
                   f"{soak['requests_per_s']} requests/s.")
     write("serve", rows, notes=notes, extra={"soak": soak})
+    return soak
 
 
 if __name__ == "__main__":
