@@ -371,7 +371,7 @@ def run(args: argparse.Namespace, files: list[Path], temp: Path) -> dict:
         notes += (f"\n\nSoak ({soak['model']}): {soak['requests']} requests at concurrency {args.concurrency}, "
                   f"{soak['malformed']} malformed (random bytes, a cut JPEG, text, an empty body, a PNG signature "
                   f"before garbage). Answers: {soak['statuses']}; 5xx or failed requests: {soak['server_errors']}; "
-                  f"up at the end: {soak['up_at_end']}; resident memory after the first {min(200, args.soak // 4)} "
+                  f"up at the end: {soak['up_at_end']}; resident memory after the first {warm_n} "
                   f"requests {soak['rss_after_warm_up_mib']} MiB, peak after that "
                   f"{soak['peak_after_warm_up_mib']} MiB, at the end {soak['rss_at_end_mib']} MiB (growth "
                   f"{soak['rss_growth_mib']} MiB); "
